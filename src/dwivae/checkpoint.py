@@ -1,0 +1,109 @@
+"""Model directories: ``model.safetensors`` (weights) and ``model.json`` (everything else).
+
+Loading rebuilds the network from the JSON alone and reads the weights with safetensors, so a
+downloaded model never runs code (no pickle).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from os import PathLike
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from dwivae._version import __version__
+from dwivae.acquisition import from_json
+from dwivae.errors import InputError
+from dwivae.models import ModelConfig, build_model
+from dwivae.training import TrainConfig, TrainedModel
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+METADATA = "model.json"
+
+
+def save_model(model: TrainedModel, out: str | PathLike[str], *, force: bool = False) -> Path:
+    """Write a model directory atomically (a temporary sibling directory, then a rename).
+
+    Parameters
+    ----------
+    model : TrainedModel
+    out : path
+        The directory to create.
+    force : bool
+        Replace an existing directory; refused otherwise.
+
+    Returns
+    -------
+    Path
+        The model directory.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise InputError(f"{out} exists; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "dwivae_version": __version__,
+        "model_config": model.model_config.to_json(),
+        "train_config": model.train_config.to_json(),
+        "seed": model.train_config.seed,
+        "acquisition": model.acquisition.to_json(),
+        "summary": model.summary,
+        "history": model.history,
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        state = {k: v.detach().contiguous() for k, v in model.network.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
+        (tmp / METADATA).write_text(json.dumps(metadata, indent=2))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_model(path: str | PathLike[str]) -> TrainedModel:
+    """Load a model directory written by :func:`save_model`.
+
+    Raises
+    ------
+    InputError
+        If the directory or a file is missing, unreadable, or of another format version.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"model directory {path} does not exist: train one with `dwivae train --out {path}`")
+    for name in (WEIGHTS, METADATA):
+        if not (path / name).is_file():
+            raise InputError(f"{path} is not a dwivae model directory: {name} is missing")
+    try:
+        meta = json.loads((path / METADATA).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path / METADATA} is corrupt ({err}): retrain or re-download the model") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION:
+        raise InputError(f"{path} has model format version {version!r} but this dwivae reads version "
+                         f"{FORMAT_VERSION}: retrain it with this version")
+    try:
+        model_config = ModelConfig(**meta["model_config"])
+        train_config = TrainConfig(**meta["train_config"])
+        acquisition = from_json(meta["acquisition"])
+        network = build_model(model_config)
+        network.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+    except (KeyError, TypeError, RuntimeError, SafetensorError, OSError) as err:
+        raise InputError(f"{path} is corrupt ({type(err).__name__}: {err}): retrain or re-download the model") from None
+    network.eval()
+    return TrainedModel(network, model_config, train_config, acquisition,
+                        meta.get("history", []), meta.get("summary", {}))

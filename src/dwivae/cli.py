@@ -1,0 +1,187 @@
+"""The ``dwivae`` command line: each subcommand parses, makes one library call and saves."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from dwivae._version import __version__
+from dwivae.errors import InputError
+
+
+def _protocol_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("protocol (a built-in name, or FSL gradient files)")
+    group.add_argument("--protocol", help="built-in protocol name (seed32: 2 x b=50 + 30 directions at b=1000)")
+    group.add_argument("--bvals", type=Path, help="FSL .bval file")
+    group.add_argument("--bvecs", type=Path, help="FSL .bvec file (3 x N or N x 3)")
+
+
+def _acquisition(args: argparse.Namespace):
+    from dwivae.acquisition import builtin_protocol, load_acquisition
+    if args.protocol and (args.bvals or args.bvecs):
+        raise InputError("give either --protocol or --bvals/--bvecs, not both")
+    if args.protocol:
+        return builtin_protocol(args.protocol)
+    if not (args.bvals and args.bvecs):
+        raise InputError("no protocol: pass --protocol seed32, or both --bvals and --bvecs")
+    return load_acquisition(args.bvals, args.bvecs)
+
+
+def _refuse_existing(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise InputError(f"{path} exists; pass --force to overwrite it")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from dwivae.acquisition import save_acquisition
+    from dwivae.dataset import noisy_copies, simulate_split
+    from dwivae.simulate import STUDY_NOISE_LEVELS
+
+    acq = _acquisition(args)
+    _refuse_existing(args.out / "simulate.json", args.force)
+    split = simulate_split(acq, seed=args.seed, atoms=args.atoms, n_atoms=args.n_atoms)
+    clean = np.concatenate([split.train_clean, split.test_clean])
+    D = np.concatenate([split.train_D, split.test_D])
+    sigmas = STUDY_NOISE_LEVELS if args.sigma is None else np.asarray(args.sigma, dtype=np.float32)
+    noisy, atom, level = noisy_copies(clean, sigmas, rng=np.random.default_rng(args.seed))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, array in {"clean": clean, "tensors": D, "noisy": noisy, "noisy_atom": atom,
+                        "noisy_sigma": sigmas[level]}.items():
+        np.save(args.out / f"{name}.npy", array)
+    save_acquisition(acq, args.out / "protocol.bval", args.out / "protocol.bvec")
+    info = {"protocol": acq.to_json(), "atoms": args.atoms, "n_atoms": len(clean),
+            "n_train_atoms": len(split.train_clean), "n_test_atoms": len(split.test_clean),
+            "noise_levels": [float(s) for s in sigmas], "n_noisy": len(noisy), "seed": args.seed}
+    _write_json(args.out / "simulate.json", info)
+    print(f"{len(clean)} clean signals ({args.atoms}) x {len(sigmas)} noise levels = {len(noisy)} "
+          f"noisy samples for {acq.describe()} -> {args.out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from dwivae.checkpoint import save_model
+    from dwivae.training import PRESETS, train
+
+    acq = _acquisition(args)
+    _refuse_existing(args.out, args.force)
+    config = PRESETS[args.preset]
+    overrides = {k: v for k, v in {"epochs": args.epochs, "loss": args.loss, "beta_max": args.beta_max,
+                                   "lr": args.lr, "batch_size": args.batch_size,
+                                   "atoms": args.atoms}.items() if v is not None}
+    config = replace(config, **overrides)
+    with tqdm(total=config.epochs, desc=f"train {args.arch}", unit="epoch", disable=args.quiet) as bar:
+        def show(record: dict) -> None:
+            bar.set_postfix(loss=f"{record['total']:.4g}", **({"test_mse": f"{record['test_mse']:.4g}"}
+                                                              if "test_mse" in record else {}))
+            bar.update()
+        model = train(acq, arch=args.arch, latent=args.latent, seed=args.seed, config=config, callback=show)
+    save_model(model, args.out, force=args.force)
+    s = model.summary
+    print(f"trained {args.arch} (latent {args.latent}) for {acq.describe()}: test MSE {s['test_mse']:.4g}, "
+          f"{s['samples_per_second'] / 1e6:.2f} M samples/s, {s['wall_seconds']:.1f} s -> {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from dwivae.checkpoint import load_model
+    from dwivae.evaluation import evaluate, format_table
+
+    names = [Path(p).resolve().name for p in args.models]
+    if len(set(names)) != len(names) or "noisy" in names:
+        raise InputError(f"model directory names must be distinct and not 'noisy', got {', '.join(names)}")
+    _refuse_existing(args.out / "metrics.json", args.force)
+    models = {name: load_model(path) for name, path in zip(names, args.models)}
+    results = evaluate(models)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write_json(args.out / "metrics.json", results)
+    print(format_table(results))
+    print(f"-> {args.out / 'metrics.json'}")
+
+
+EXAMPLES = {
+    "simulate": "dwivae simulate --protocol seed32 --out sims/seed32",
+    "train": "dwivae train --protocol seed32 --arch vae --out models/vae32\n"
+             "  dwivae train --bvals dwi.bval --bvecs dwi.bvec --arch dae --seed 1 --out models/dae",
+    "evaluate": "dwivae evaluate models/vae32 models/dae32 --out results/",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that reports a usage error in one line, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = _Parser(prog="dwivae", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dwivae {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog=f"example:\n  {EXAMPLES[name]}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        return p
+
+    p = command("simulate", "simulate clean tensor signals and noisy copies for a protocol")
+    _protocol_args(p)
+    p.add_argument("--atoms", choices=("grid", "random"), default="grid",
+                   help="the study's tensor grid or random physiological tensors (default: grid)")
+    p.add_argument("--n-atoms", type=int, default=500_000, help="number of random tensors")
+    p.add_argument("--sigma", type=float, nargs="+", help="noise standard deviations (default: the study's 31)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.set_defaults(run=cmd_simulate)
+
+    p = command("train", "train a VAE or DAE on simulated signals for a protocol")
+    _protocol_args(p)
+    p.add_argument("--arch", choices=("vae", "dae"), default="vae")
+    p.add_argument("--latent", type=int, default=7, help="latent size (default 7)")
+    p.add_argument("--preset", choices=("default", "study"), default="default",
+                   help="default: fresh noise on fewer samples; study: all atoms x 31 levels")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--beta-max", type=float, help="maximum KL weight (0: no KL term)")
+    p.add_argument("--loss", choices=("huber", "mse", "l1"))
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--atoms", choices=("grid", "random"))
+    p.add_argument("--seed", type=int, default=0, help="fixes simulation, split and initialisation")
+    p.add_argument("--out", type=Path, required=True, help="model directory to create")
+    p.set_defaults(run=cmd_train)
+
+    p = command("evaluate", "score models on the held-out simulated split (the study's Table 2)")
+    p.add_argument("models", type=Path, nargs="+", help="model directories")
+    p.add_argument("--out", type=Path, required=True, help="directory for metrics.json")
+    p.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (2 for bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (InputError, OSError) as err:
+        print(f"dwivae {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Noisy/clean training pairs: clean signals, the seeded train/test split and noisy samples.
+
+The split is over clean signals ("atoms"), never over noisy copies, so that no test signal is seen
+in training under another noise level. One seed fixes the atoms, the split and every noise draw;
+the VAE and the DAE trained with one seed therefore see the same split and the same noisy samples.
+Signals are normalised by S0 (S0 = 1 in simulation), so they lie in [0, 1] before noise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dwivae.acquisition import Acquisition
+from dwivae.errors import InputError
+from dwivae.simulate import (STUDY_NOISE_LEVELS, add_gaussian_noise, random_tensors, study_grid,
+                             tensor_signals)
+
+ATOM_SOURCES = ("grid", "random")
+STREAMS = ("split", "test_noise", "train", "init")
+"""Independent random streams spawned from one seed, in this order."""
+
+
+def seed_streams(seed: int) -> dict[str, np.random.SeedSequence]:
+    """Independent seed sequences for each use of randomness, all fixed by ``seed``."""
+    return dict(zip(STREAMS, np.random.SeedSequence(seed).spawn(len(STREAMS))))
+
+
+def torch_generator(seq: np.random.SeedSequence) -> torch.Generator:
+    """A CPU torch generator seeded from a numpy seed sequence."""
+    return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+
+@dataclass(frozen=True)
+class SimulatedSplit:
+    """Clean signals and their tensors, split into training and test atoms.
+
+    Attributes
+    ----------
+    train_clean, test_clean : (M, N) ndarray, float32
+        Clean normalised signals (S0 = 1).
+    train_D, test_D : (M, 6) ndarray, float32, mm²/s
+        Their tensors (Dxx, Dyy, Dzz, Dxy, Dxz, Dyz).
+    noise_levels : (L,) ndarray
+        Gaussian noise standard deviations (fractions of S0).
+    """
+
+    train_clean: np.ndarray
+    test_clean: np.ndarray
+    train_D: np.ndarray
+    test_D: np.ndarray
+    noise_levels: np.ndarray
+
+
+def simulate_split(
+    acq: Acquisition,
+    *,
+    seed: int,
+    atoms: str = "grid",
+    n_atoms: int = 500_000,
+    test_fraction: float = 0.2,
+    noise_levels: np.ndarray = STUDY_NOISE_LEVELS,
+) -> SimulatedSplit:
+    """Simulate clean signals for ``acq`` and split them into training and test atoms.
+
+    Parameters
+    ----------
+    acq : Acquisition
+    seed : int
+        Fixes the random tensors (``atoms="random"``) and the split.
+    atoms : {"grid", "random"}
+        The study's filtered grid of tensors, or ``n_atoms`` random physiological tensors.
+    n_atoms : int
+        Number of random tensors (ignored for the grid).
+    test_fraction : float
+        Fraction of atoms held out for testing (the study: 0.2).
+    noise_levels : (L,) ndarray
+        Noise standard deviations used for training and testing.
+    """
+    if atoms not in ATOM_SOURCES:
+        raise InputError(f"unknown atom source {atoms!r}: choose one of {', '.join(ATOM_SOURCES)}")
+    if not 0.0 < test_fraction < 1.0:
+        raise InputError(f"test fraction must lie between 0 and 1, got {test_fraction}")
+    rng = np.random.default_rng(seed_streams(seed)["split"])
+    D = study_grid(acq) if atoms == "grid" else random_tensors(n_atoms, rng=rng)
+    clean = tensor_signals(D, acq)
+    order = rng.permutation(len(D))
+    n_test = int(round(test_fraction * len(D)))
+    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    return SimulatedSplit(clean[train], clean[test], D[train], D[test],
+                          np.asarray(noise_levels, dtype=np.float32))
+
+
+def noisy_copies(
+    clean: np.ndarray, noise_levels: np.ndarray, *, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every clean signal once at every noise level, as the study built its data set.
+
+    Returns
+    -------
+    noisy : (M * L, N) ndarray, float32
+        Noisy signals, level-major: rows ``l * M + m``.
+    atom : (M * L,) int64 ndarray
+        Index of each row's clean signal.
+    level : (M * L,) int64 ndarray
+        Index of each row's noise level.
+    """
+    m, n_levels = len(clean), len(noise_levels)
+    noisy = np.empty((m * n_levels, clean.shape[1]), dtype=np.float32)
+    for k, sigma in enumerate(noise_levels):
+        noisy[k * m:(k + 1) * m] = add_gaussian_noise(clean, float(sigma), rng=rng)
+    atom = np.tile(np.arange(m), n_levels)
+    level = np.repeat(np.arange(n_levels), m)
+    return noisy, atom, level
+
+
+def test_pairs(split: SimulatedSplit, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The held-out noisy test samples for ``seed``: every test atom at every noise level.
+
+    Identical for every model trained or evaluated with the same seed and protocol.
+    """
+    rng = np.random.default_rng(seed_streams(seed)["test_noise"])
+    return noisy_copies(split.test_clean, split.noise_levels, rng=rng)

@@ -1,0 +1,154 @@
+"""Simulated diffusion signals: tensor forward model, parameter sampling and noise.
+
+Everything is vectorised over samples (no Python loop per sample) and every random draw takes an
+explicit ``numpy.random.Generator``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dwivae.acquisition import Acquisition
+
+GRID_STEPS = 10
+DIAGONAL_RANGE = (0.0, 3e-3)
+"""The study's grid range of Dxx, Dyy, Dzz, mm²/s."""
+OFF_DIAGONAL_RANGE = (-1e-3, 1e-3)
+"""The study's grid range of Dxy, Dxz, Dyz, mm²/s."""
+
+STUDY_NOISE_LEVELS = np.concatenate([[0.0], 0.01 + 0.03 * np.arange(1, 31)])
+"""The study's 31 Gaussian noise standard deviations (S0 = 1): 0 (clean), then 0.04 to 0.91 in
+steps of 0.03. The study names 0 and 0.91 as the ends and about 13.3 M noisy samples from about
+428 k signals, that is 31 levels; 0.01 + 0.03 i for i = 1..30 is the grid that fits all three."""
+
+
+def b_matrix(acq: Acquisition) -> np.ndarray:
+    """Rows ``b [gx², gy², gz², 2gxgy, 2gxgz, 2gygz]`` so that ``b gᵀDg = B @ D``.
+
+    Returns
+    -------
+    B : (N, 6) ndarray, s/mm²
+        Tensor elements are ordered (Dxx, Dyy, Dzz, Dxy, Dxz, Dyz) throughout dwivae.
+    """
+    g = acq.bvecs
+    b = acq.bvals[:, None]
+    return b * np.stack(
+        [g[:, 0] ** 2, g[:, 1] ** 2, g[:, 2] ** 2,
+         2 * g[:, 0] * g[:, 1], 2 * g[:, 0] * g[:, 2], 2 * g[:, 1] * g[:, 2]], axis=1)
+
+
+def tensor_signals(D: np.ndarray, acq: Acquisition, *, S0: float | np.ndarray = 1.0) -> np.ndarray:
+    """Signals of diffusion tensors.
+
+    Parameters
+    ----------
+    D : (M, 6) ndarray, mm²/s
+        Tensors as (Dxx, Dyy, Dzz, Dxy, Dxz, Dyz).
+    acq : Acquisition
+        The protocol (N volumes).
+    S0 : float or (M,) ndarray
+        Signal without diffusion weighting.
+
+    Returns
+    -------
+    signals : (M, N) ndarray, float32
+
+    Notes
+    -----
+    ``S_k = S0 exp(-b_k g_kᵀ D g_k)``. Volumes with no gradient direction get ``S0``.
+    """
+    B = b_matrix(acq).astype(np.float32)
+    signals = np.exp(-(np.asarray(D, dtype=np.float32) @ B.T))
+    return signals * np.asarray(S0, dtype=np.float32).reshape(-1, 1)
+
+
+def study_grid(acq: Acquisition, *, steps: int = GRID_STEPS) -> np.ndarray:
+    """The study's grid of tensors, filtered as the study did.
+
+    Each of Dxx, Dyy, Dzz takes ``steps`` values over ``DIAGONAL_RANGE`` and each of Dxy, Dxz,
+    Dyz ``steps`` values over ``OFF_DIAGONAL_RANGE`` (``steps**6`` candidates). A tensor is kept
+    when every diagonal element is >= every off-diagonal element and its signal never exceeds
+    S0 on this protocol (``gᵀDg >= 0`` for every direction).
+
+    Returns
+    -------
+    D : (M, 6) ndarray, float32, mm²/s
+    """
+    diag = np.linspace(*DIAGONAL_RANGE, steps)
+    off = np.linspace(*OFF_DIAGONAL_RANGE, steps)
+    grids = np.meshgrid(diag, diag, diag, off, off, off, indexing="ij")
+    D = np.stack([g.ravel() for g in grids], axis=1)
+    keep = D[:, :3].min(axis=1) >= D[:, 3:].max(axis=1)
+    D = D[keep]
+    exponent = D @ b_matrix(acq).T
+    D = D[np.all(exponent >= -1e-12, axis=1)]
+    return D.astype(np.float32)
+
+
+def random_rotations(n: int, *, rng: np.random.Generator) -> np.ndarray:
+    """Uniformly distributed rotation matrices, from normalised Gaussian quaternions.
+
+    Returns
+    -------
+    R : (n, 3, 3) ndarray
+    """
+    q = rng.standard_normal((n, 4))
+    w, x, y, z = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], axis=-1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], axis=-1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], axis=-1),
+    ], axis=1)
+
+
+def random_tensors(
+    n: int,
+    *,
+    rng: np.random.Generator,
+    axial_range: tuple[float, float] = (0.5e-3, 3.0e-3),
+    min_radial: float = 0.1e-3,
+) -> np.ndarray:
+    """Random physiological tensors with uniformly random orientation.
+
+    The largest eigenvalue is uniform over ``axial_range`` and the two others uniform between
+    ``min_radial`` and it, covering isotropic free water (~3e-3 mm²/s), grey matter and highly
+    anisotropic white matter.
+
+    Returns
+    -------
+    D : (n, 6) ndarray, float32, mm²/s
+    """
+    axial = rng.uniform(*axial_range, n)
+    radial = min_radial + rng.uniform(0.0, 1.0, (n, 2)) * (axial[:, None] - min_radial)
+    evals = np.concatenate([axial[:, None], radial], axis=1)
+    R = random_rotations(n, rng=rng)
+    M = np.einsum("nij,nj,nkj->nik", R, evals, R)
+    return np.stack([M[:, 0, 0], M[:, 1, 1], M[:, 2, 2], M[:, 0, 1], M[:, 0, 2], M[:, 1, 2]],
+                    axis=1).astype(np.float32)
+
+
+def add_gaussian_noise(
+    signals: np.ndarray,
+    sigma: float | np.ndarray,
+    *,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Add zero-mean Gaussian noise and set negative values to 0, as the study did.
+
+    Magnitude images have no negative values; the study clipped the noisy signals at 0 and so do
+    we (the clean targets are never clipped: they lie in (0, S0] already).
+
+    Parameters
+    ----------
+    signals : (M, N) ndarray
+        Clean signals.
+    sigma : float or (M,) ndarray
+        Noise standard deviation, in the units of ``signals`` (S0 = 1: a fraction of S0).
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    noisy : (M, N) ndarray, float32
+    """
+    sigma = np.asarray(sigma, dtype=np.float32).reshape(-1, 1)
+    noise = rng.standard_normal(signals.shape, dtype=np.float32)
+    return np.maximum(signals + sigma * noise, 0.0, dtype=np.float32)

@@ -1,0 +1,231 @@
+"""Training of the VAE and the DAE on simulated noisy/clean pairs (the study's Table 1)."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from dwivae.acquisition import Acquisition
+from dwivae.dataset import (SimulatedSplit, noisy_copies, seed_streams, simulate_split,
+                            test_pairs, torch_generator)
+from dwivae.errors import InputError
+from dwivae.losses import beta_schedule, kl_divergence, reconstruction_loss
+from dwivae.models import Autoencoder, ModelConfig, build_model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; saved with the weights.
+
+    Parameters
+    ----------
+    epochs : int
+    lr : float
+        Adam learning rate.
+    batch_size : int
+    loss : {"huber", "mse", "l1"}
+        Reconstruction loss.
+    beta_max, beta_start_epoch, beta_step : float, int, float
+        KL weight schedule (see :func:`dwivae.losses.beta_schedule`); ``beta_max=0`` trains
+        without the KL term (the study's ablation). The DAE has no KL term.
+    seed : int
+        Fixes simulation, split, noise, initialisation and latent sampling.
+    samples_per_epoch : int or None
+        None: every training atom at every noise level, with noise drawn once (the study's
+        fixed data set). An int: that many fresh samples per epoch, each a random training atom
+        at a random noise level with new noise (online simulation).
+    atoms : {"grid", "random"}
+        Clean signals from the study's tensor grid or from random physiological tensors.
+    n_atoms : int
+        Number of random tensors when ``atoms="random"``.
+    test_fraction : float
+    test_every : int
+        Test MSE is measured every this many epochs and after the last one.
+    """
+
+    epochs: int = 40
+    lr: float = 4e-4
+    batch_size: int = 3000
+    loss: str = "huber"
+    beta_max: float = 0.0015
+    beta_start_epoch: int = 2
+    beta_step: float = 1e-4
+    seed: int = 0
+    samples_per_epoch: int | None = None
+    atoms: str = "grid"
+    n_atoms: int = 500_000
+    test_fraction: float = 0.2
+    test_every: int = 5
+
+    def __post_init__(self) -> None:
+        reconstruction_loss(self.loss)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InputError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be >= 1")
+        if self.lr <= 0 or self.beta_max < 0:
+            raise InputError(f"learning rate ({self.lr}) must be > 0 and beta ({self.beta_max}) >= 0")
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable dict that ``TrainConfig(**d)`` reads back."""
+        return asdict(self)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "study": TrainConfig(),
+    "default": TrainConfig(samples_per_epoch=1_000_000, batch_size=4096, epochs=40, lr=2e-3),
+}
+"""``study``: the study's full data volume (all atoms x 31 levels, 40 epochs). ``default``: fresh
+noise each epoch on fewer samples, tuned to reach the study preset's test quality in seconds."""
+
+
+@dataclass
+class TrainedModel:
+    """A trained network with everything needed to save, evaluate and apply it."""
+
+    network: Autoencoder
+    model_config: ModelConfig
+    train_config: TrainConfig
+    acquisition: Acquisition
+    history: list[dict]
+    summary: dict
+
+
+class AutogradStep:
+    """One optimisation step with autograd and Adam: ``step(x, y, eps, beta) -> (rec, kl)``."""
+
+    def __init__(self, network: Autoencoder, *, lr: float, loss: str) -> None:
+        self.network = network
+        self.loss = reconstruction_loss(loss)
+        self.optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | None,
+                 beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        out, mu, logvar = self.network(x, eps)
+        rec = self.loss(out, y)
+        kl = kl_divergence(mu, logvar) if logvar is not None else torch.zeros(())
+        total = rec + beta * kl if beta > 0 else rec
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return rec.detach(), kl.detach()
+
+
+@torch.inference_mode()
+def reconstruct(network: Autoencoder, signals: np.ndarray | torch.Tensor, *,
+                batch_size: int = 1 << 16) -> np.ndarray:
+    """Deterministic reconstruction (``z = mu``) of signals (M, N), in batches; float32."""
+    network.eval()
+    x = torch.as_tensor(signals, dtype=torch.float32)
+    out = torch.empty_like(x)
+    for start in range(0, len(x), batch_size):
+        out[start:start + batch_size] = network(x[start:start + batch_size])[0]
+    return out.numpy()
+
+
+def train(
+    acq: Acquisition,
+    *,
+    arch: str = "vae",
+    latent: int = 7,
+    seed: int = 0,
+    config: TrainConfig | None = None,
+    split: SimulatedSplit | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> TrainedModel:
+    """Train a VAE or DAE for the protocol ``acq`` on simulated signals.
+
+    Parameters
+    ----------
+    acq : Acquisition
+        The protocol the model is for (input size = its number of volumes).
+    arch : {"vae", "dae"}
+    latent : int
+        Latent size.
+    seed : int
+        Fixes everything random; overrides ``config.seed``.
+    config : TrainConfig, optional
+        Defaults to ``PRESETS["default"]``.
+    split : SimulatedSplit, optional
+        Pre-simulated data for this protocol and seed, to share between models.
+    callback : callable, optional
+        Called after every epoch with that epoch's history record.
+
+    Returns
+    -------
+    TrainedModel
+    """
+    config = replace(config or PRESETS["default"], seed=seed)
+    model_config = ModelConfig(arch=arch, n_inputs=acq.n_volumes, latent=latent)
+    streams = seed_streams(seed)
+    started = time.perf_counter()
+    if split is None:
+        split = simulate_split(acq, seed=seed, atoms=config.atoms, n_atoms=config.n_atoms,
+                               test_fraction=config.test_fraction)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(streams["init"].generate_state(1)[0]))
+        network = build_model(model_config)
+    generator = torch_generator(streams["train"])
+    clean = torch.from_numpy(split.train_clean)
+    sigmas = torch.from_numpy(split.noise_levels)
+    test_noisy, test_atom, _ = test_pairs(split, seed=seed)
+    test_clean = split.test_clean[test_atom]
+    if config.samples_per_epoch is None:
+        noisy, atom, _ = noisy_copies(split.train_clean, split.noise_levels,
+                                      rng=np.random.default_rng(streams["train"]))
+        noisy, atom = torch.from_numpy(noisy), torch.from_numpy(atom)
+        epoch_size = len(noisy)
+    else:
+        epoch_size = config.samples_per_epoch
+    batch = min(config.batch_size, epoch_size)
+    steps = epoch_size // batch
+    step = AutogradStep(network, lr=config.lr, loss=config.loss)
+    history: list[dict] = []
+    train_seconds = 0.0
+    for epoch in range(1, config.epochs + 1):
+        beta = beta_schedule(epoch, beta_max=config.beta_max, start_epoch=config.beta_start_epoch,
+                             step=config.beta_step) if arch == "vae" else 0.0
+        network.train()
+        tick = time.perf_counter()
+        rec_sum = torch.zeros(())
+        kl_sum = torch.zeros(())
+        order = torch.randperm(epoch_size, generator=generator) if config.samples_per_epoch is None else None
+        for k in range(steps):
+            if order is not None:
+                idx = order[k * batch:(k + 1) * batch]
+                x, y = noisy[idx], clean[atom[idx]]
+            else:
+                a = torch.randint(len(clean), (batch,), generator=generator)
+                s = sigmas[torch.randint(len(sigmas), (batch,), generator=generator)]
+                y = clean[a]
+                x = (y + s[:, None] * torch.randn(y.shape, generator=generator)).clamp_(min=0.0)
+            eps = torch.randn((batch, latent), generator=generator) if arch == "vae" else None
+            rec, kl = step(x, y, eps, beta)
+            rec_sum += rec
+            kl_sum += kl
+        train_seconds += time.perf_counter() - tick
+        record = {"epoch": epoch, "beta": beta, "recon": float(rec_sum) / steps,
+                  "kl": float(kl_sum) / steps}
+        record["total"] = record["recon"] + beta * record["kl"]
+        if not math.isfinite(record["total"]):
+            raise FloatingPointError(f"the training loss became {record['total']} at epoch {epoch}: "
+                                     "lower the learning rate (--lr) or check the protocol")
+        if epoch % config.test_every == 0 or epoch == config.epochs:
+            record["test_mse"] = float(np.mean((reconstruct(network, test_noisy) - test_clean) ** 2))
+        history.append(record)
+        if callback is not None:
+            callback(record)
+    network.eval()
+    summary = {
+        "test_mse": history[-1]["test_mse"],
+        "n_train_atoms": len(split.train_clean),
+        "n_test_atoms": len(split.test_clean),
+        "n_noise_levels": len(split.noise_levels),
+        "sample_passes": steps * batch * config.epochs,
+        "train_seconds": train_seconds,
+        "samples_per_second": steps * batch * config.epochs / max(train_seconds, 1e-9),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    return TrainedModel(network, model_config, config, acq, history, summary)
