@@ -133,10 +133,12 @@ class Acquisition:
     def fingerprint(self) -> str:
         """A stable 16-hex-digit hash of the protocol (shell b-values, directions up to sign).
 
-        Two acquisitions of the same protocol that differ only in b-value jitter within a shell,
-        in the sign of a direction or in rounding below 1e-3 give the same fingerprint.
+        Shell b-values enter rounded to 100 s/mm², so two acquisitions of the same protocol that
+        differ only in b-value jitter within a shell, in the sign of a direction or in rounding
+        below 1e-3 give the same fingerprint.
         """
-        payload = np.concatenate([self.nominal_bvals()[:, None], self.canonical_bvecs()], axis=1)
+        bvals = np.round(self.nominal_bvals() / 100.0) * 100.0
+        payload = np.concatenate([bvals[:, None], self.canonical_bvecs()], axis=1)
         text = ";".join(",".join(f"{v:.3f}" for v in row) for row in np.round(payload, 3) + 0.0)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -115,7 +115,7 @@ def noisy_copies(
     return noisy, atom, level
 
 
-def test_pairs(split: SimulatedSplit, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def held_out_pairs(split: SimulatedSplit, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The held-out noisy test samples for ``seed``: every test atom at every noise level.
 
     Identical for every model trained or evaluated with the same seed and protocol.

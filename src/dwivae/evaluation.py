@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dwivae.dataset import simulate_split, test_pairs
+from dwivae.dataset import simulate_split, held_out_pairs
 from dwivae.errors import InputError
 from dwivae.metrics import per_group, summary
 from dwivae.tensorfit import fit_tensor
@@ -64,7 +64,7 @@ def evaluate(models: dict[str, TrainedModel]) -> dict[str, dict]:
     c = reference.train_config
     acq = reference.acquisition
     split = simulate_split(acq, seed=c.seed, atoms=c.atoms, n_atoms=c.n_atoms, test_fraction=c.test_fraction)
-    noisy, atom, level = test_pairs(split, seed=c.seed)
+    noisy, atom, level = held_out_pairs(split, seed=c.seed)
     clean, D_true = split.test_clean[atom], split.test_D[atom]
     score = dict(clean=clean, D_true=D_true, levels=level, noise_levels=split.noise_levels,
                  bvals=acq.bvals, bvecs=acq.bvecs)

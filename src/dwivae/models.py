@@ -31,8 +31,8 @@ class ModelConfig:
     latent : int
         Latent size (the study: 7, and 10 for comparison).
     hidden : tuple of int
-        Widths of the three encoder layers; empty means a linear narrowing from ``n_inputs``
-        to ``latent``. The decoder mirrors them.
+        Widths of the encoder layers; empty means three layers narrowing linearly from
+        ``n_inputs`` to ``latent``. The decoder mirrors them.
     activation : {"relu", "leaky_relu", "elu"}
     """
 
@@ -40,7 +40,7 @@ class ModelConfig:
     n_inputs: int = 32
     latent: int = 7
     hidden: tuple[int, ...] = field(default=())
-    activation: str = "relu"
+    activation: str = "elu"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -50,18 +50,17 @@ class ModelConfig:
         if not 1 <= self.latent < self.n_inputs:
             raise InputError(f"latent size {self.latent} must be between 1 and the number of volumes "
                              f"({self.n_inputs}) minus one")
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        step = (self.n_inputs - self.latent) / 4
+        hidden = self.hidden or tuple(round(self.n_inputs - step * k) for k in (1, 2, 3))
+        object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
 
     def widths(self) -> tuple[int, ...]:
         """Encoder widths from input to the last hidden layer, e.g. (32, 26, 20, 13)."""
-        if self.hidden:
-            return (self.n_inputs, *self.hidden)
-        step = (self.n_inputs - self.latent) / 4
-        return (self.n_inputs, *(round(self.n_inputs - step * k) for k in (1, 2, 3)))
+        return (self.n_inputs, *self.hidden)
 
     def to_json(self) -> dict:
         """A JSON-serialisable dict that ``ModelConfig(**d)`` reads back."""
-        return {**asdict(self), "hidden": list(self.widths()[1:])}
+        return {**asdict(self), "hidden": list(self.hidden)}
 
 
 def _stack(widths: tuple[int, ...], activation: str) -> nn.Sequential:

@@ -11,7 +11,7 @@ import torch
 
 from dwivae.acquisition import Acquisition
 from dwivae.dataset import (SimulatedSplit, noisy_copies, seed_streams, simulate_split,
-                            test_pairs, torch_generator)
+                            held_out_pairs, torch_generator)
 from dwivae.errors import InputError
 from dwivae.losses import beta_schedule, kl_divergence, reconstruction_loss
 from dwivae.models import Autoencoder, ModelConfig, build_model
@@ -170,7 +170,7 @@ def train(
     generator = torch_generator(streams["train"])
     clean = torch.from_numpy(split.train_clean)
     sigmas = torch.from_numpy(split.noise_levels)
-    test_noisy, test_atom, _ = test_pairs(split, seed=seed)
+    test_noisy, test_atom, _ = held_out_pairs(split, seed=seed)
     test_clean = split.test_clean[test_atom]
     if config.samples_per_epoch is None:
         noisy, atom, _ = noisy_copies(split.train_clean, split.noise_levels,

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import numpy as np
+
+from dwivae.simulate import (STUDY_NOISE_LEVELS, add_gaussian_noise, b_matrix, random_rotations,
+                             random_tensors, study_grid, tensor_signals)
+
+
+def test_study_noise_levels():
+    assert len(STUDY_NOISE_LEVELS) == 31
+    assert STUDY_NOISE_LEVELS[0] == 0 and np.isclose(STUDY_NOISE_LEVELS[-1], 0.91)
+    np.testing.assert_allclose(np.diff(STUDY_NOISE_LEVELS[1:]), 0.03)
+
+
+def test_tensor_signals_match_the_equation(acq):
+    rng = np.random.default_rng(1)
+    D = random_tensors(50, rng=rng)
+    S = tensor_signals(D, acq, S0=2.0)
+    M = np.zeros((50, 3, 3))
+    idx = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
+    for k, (i, j) in enumerate(idx):
+        M[:, i, j] = M[:, j, i] = D[:, k]
+    expected = 2.0 * np.exp(-acq.bvals * np.einsum("ki,nij,kj->nk", acq.bvecs, M, acq.bvecs))
+    np.testing.assert_allclose(S, expected, rtol=1e-5)
+    np.testing.assert_allclose(S[:, [0, -1]], 2.0)  # b0 volumes carry no direction
+
+
+def test_study_grid_filter(acq):
+    D = study_grid(acq)
+    assert 400_000 < len(D) < 440_000  # the study kept 428,522 with its own 30 directions
+    assert np.all(D[:, :3].min(axis=1) >= D[:, 3:].max(axis=1))
+    assert np.all(D @ b_matrix(acq).T >= -1e-9)  # signals never exceed S0
+    assert tensor_signals(D[:1000], acq).max() <= 1.0 + 1e-6
+
+
+def test_random_tensors_are_physiological_and_seeded():
+    rng = np.random.default_rng(3)
+    D = random_tensors(2000, rng=rng)
+    M = np.zeros((2000, 3, 3))
+    for k, (i, j) in enumerate([(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]):
+        M[:, i, j] = M[:, j, i] = D[:, k]
+    ev = np.linalg.eigvalsh(M)
+    assert ev.min() > 0.09e-3 and ev.max() < 3.01e-3
+    np.testing.assert_array_equal(D, random_tensors(2000, rng=np.random.default_rng(3)))
+
+
+def test_rotations_are_orthonormal():
+    R = random_rotations(100, rng=np.random.default_rng(0))
+    np.testing.assert_allclose(R @ R.transpose(0, 2, 1), np.broadcast_to(np.eye(3), R.shape), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(R), 1.0)
+
+
+def test_sigma_zero_returns_clean(acq):
+    clean = tensor_signals(random_tensors(100, rng=np.random.default_rng(0)), acq)
+    np.testing.assert_array_equal(add_gaussian_noise(clean, 0.0, rng=np.random.default_rng(0)), clean)
+
+
+def test_noise_has_requested_sigma_and_no_negatives():
+    clean = np.full((200_000, 2), 0.5, dtype=np.float32)
+    noisy = add_gaussian_noise(clean, 0.05, rng=np.random.default_rng(0))
+    assert abs(np.std(noisy - clean) - 0.05) < 1e-3
+    strong = add_gaussian_noise(clean, 0.9, rng=np.random.default_rng(0))
+    assert strong.min() == 0.0 and (strong == 0).mean() > 0.2  # clipped at 0, as the study did

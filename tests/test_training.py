@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from dwivae.errors import InputError
+from dwivae.training import TrainConfig, reconstruct, train
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.network.state_dict().items()}
+
+
+def test_same_seed_gives_identical_weights(acq, tiny_config):
+    a = train(acq, arch="vae", seed=5, config=tiny_config)
+    b = train(acq, arch="vae", seed=5, config=tiny_config)
+    c = train(acq, arch="vae", seed=6, config=tiny_config)
+    wa, wb, wc = _weights(a), _weights(b), _weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert a.history == b.history
+
+
+def test_history_records_losses_beta_and_test_mse(acq, tiny_config):
+    model = train(acq, arch="vae", seed=0, config=replace(tiny_config, epochs=4, beta_step=1e-3))
+    h = model.history
+    assert [r["epoch"] for r in h] == [1, 2, 3, 4]
+    assert [r["beta"] for r in h] == pytest.approx([0, 0, 1e-3, 1.5e-3])
+    assert ["test_mse" in r for r in h] == [False, True, False, True]
+    for r in h:
+        assert r["total"] == pytest.approx(r["recon"] + r["beta"] * r["kl"])
+        assert r["kl"] > 0
+    assert model.summary["test_mse"] == h[-1]["test_mse"]
+
+
+def test_dae_has_no_kl(acq, tiny_config):
+    model = train(acq, arch="dae", seed=0, config=tiny_config)
+    assert all(r["kl"] == 0 and r["beta"] == 0 for r in model.history)
+
+
+def test_training_lowers_test_error(acq, tiny_config):
+    model = train(acq, arch="vae", seed=0, config=tiny_config)
+    first, last = model.history[1]["test_mse"], model.history[-1]["test_mse"]
+    assert last < first
+    # Even a second of training must beat the noisy input on noisy signals.
+    rng = np.random.default_rng(0)
+    from dwivae.dataset import simulate_split
+    split = simulate_split(acq, seed=0, atoms="random", n_atoms=4000)
+    noisy = np.maximum(split.test_clean + 0.2 * rng.standard_normal(split.test_clean.shape), 0).astype(np.float32)
+    denoised = reconstruct(model.network, noisy)
+    assert np.mean((denoised - split.test_clean) ** 2) < 0.5 * np.mean((noisy - split.test_clean) ** 2)
+
+
+def test_fixed_data_set_mode_runs(acq, tiny_config):
+    config = replace(tiny_config, samples_per_epoch=None, n_atoms=300, epochs=1, batch_size=512)
+    model = train(acq, arch="vae", seed=0, config=config)
+    assert model.summary["sample_passes"] == (240 * 31 // 512) * 512
+
+
+def test_bad_train_config():
+    with pytest.raises(InputError, match="unknown loss"):
+        TrainConfig(loss="hinge")
+    with pytest.raises(InputError, match="epochs"):
+        TrainConfig(epochs=0)
