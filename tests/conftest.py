@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,3 +32,32 @@ def write_gradients(tmp_path, bvals: np.ndarray, bvecs: np.ndarray, *, transpose
     np.savetxt(bval, np.atleast_2d(bvals), fmt="%g")
     np.savetxt(bvec, bvecs.T if transpose else bvecs, fmt="%.6f")
     return bval, bvec
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def real_sample(name: str) -> tuple[Path, Path, Path]:
+    """(image, bval, bvec) of a real in-vivo sample: DIPY's ``small_64D`` or one in ../shared/data."""
+    if name == "small_64D":
+        from dipy.data import get_fnames
+        return tuple(Path(p) for p in get_fnames(name="small_64D"))
+    base = SHARED_DATA / name
+    if not base.with_suffix(".nii.gz").exists():
+        pytest.skip(f"{base}.nii.gz is not available")
+    return base.with_suffix(".nii.gz"), base.with_suffix(".bval"), base.with_suffix(".bvec")
+
+
+@pytest.fixture(scope="session")
+def trained_for():
+    """Train (once per session) a tiny model for a real sample's protocol: trained_for(name, arch)."""
+    from dwivae.acquisition import load_acquisition
+    from dwivae.training import train
+    cache = {}
+
+    def get(name: str, arch: str = "vae"):
+        if (name, arch) not in cache:
+            _, bval, bvec = real_sample(name)
+            cache[name, arch] = train(load_acquisition(bval, bvec), arch=arch, seed=0, config=TINY_TRAINING)
+        return cache[name, arch]
+    return get

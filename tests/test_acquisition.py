@@ -58,6 +58,11 @@ def test_mismatch_reports_count_and_direction():
     assert "volume 5 direction differs" in acq.mismatch(Acquisition(acq.bvals, rotated))
 
 
+def test_nan_direction_of_a_b0_means_none():
+    acq = Acquisition(np.array([0, 1000]), np.array([[np.nan] * 3, [0, 0, 1]]))
+    np.testing.assert_array_equal(acq.bvecs[0], 0)
+
+
 def test_json_round_trip():
     acq = seed32()
     back = from_json(acq.to_json())
@@ -75,7 +80,8 @@ def test_real_files_with_interleaved_b0_and_jitter():
 
 @pytest.mark.parametrize("bvals, bvecs, message", [
     (np.array([0, 1000, 1000]), np.eye(3)[:2], "2 directions but the bval file has 3"),
-    (np.array([0, 1000, np.nan]), np.eye(3), "finite"),
+    (np.array([0, 1000, np.nan]), np.eye(3), "b-values must be finite"),
+    (np.array([0, 1000, 1000]), np.array([[0, 0, 0], [1, 0, 0], [np.nan, 0, 0]]), "volume 2 has b=1000 but a non-finite"),
     (np.array([0, 1000, 1000]), np.array([[0, 0, 0], [1, 0, 0], [0, 0, 0]]), "volume 2 has b=1000 but a direction of length 0"),
     (np.array([0, -5, 1000]), np.eye(3), ">= 0"),
 ])

@@ -208,11 +208,16 @@ def _validate_gradients(
     if bvecs.shape[0] != bvals.size:
         raise InputError(f"{source}: the bvec file has {bvecs.shape[0]} directions "
                          f"but the bval file has {bvals.size} b-values")
-    if not np.all(np.isfinite(bvals)) or not np.all(np.isfinite(bvecs)):
-        raise InputError(f"{source}: b-values and directions must be finite numbers (found NaN or inf)")
+    if not np.all(np.isfinite(bvals)):
+        raise InputError(f"{source}: b-values must be finite numbers (found NaN or inf)")
     if np.any(bvals < 0):
         raise InputError(f"{source}: b-values must be >= 0, found {bvals.min():g}")
     weighted = bvals > b0_threshold
+    if not np.all(np.isfinite(bvecs[weighted])):
+        k = int(np.argmax(weighted & ~np.isfinite(bvecs).all(axis=1)))
+        raise InputError(f"{source}: volume {k} has b={bvals[k]:g} but a non-finite direction; "
+                         "every diffusion-weighted volume needs a finite unit direction")
+    bvecs = np.where(np.isfinite(bvecs), bvecs, 0.0)  # b0 volumes: NaN directions (as some tools write) mean none
     norms = np.linalg.norm(bvecs, axis=1)
     bad = weighted & (np.abs(norms - 1.0) > UNIT_NORM_TOLERANCE)
     if np.any(bad):

@@ -5,10 +5,12 @@ downloaded model never runs code (no pickle).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 
@@ -16,10 +18,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dwivae._version import __version__
-from dwivae.acquisition import from_json
+from dwivae.acquisition import Acquisition, from_json
 from dwivae.errors import InputError
 from dwivae.models import ModelConfig, build_model
-from dwivae.training import TrainConfig, TrainedModel
+from dwivae.training import TrainConfig, TrainedModel, train
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -107,3 +109,53 @@ def load_model(path: str | PathLike[str]) -> TrainedModel:
     network.eval()
     return TrainedModel(network, model_config, train_config, acquisition,
                         meta.get("history", []), meta.get("summary", {}))
+
+
+def cache_dir() -> Path:
+    """Where models trained on the fly are kept: ``$DWIVAE_CACHE``, else the user cache folder."""
+    if os.environ.get("DWIVAE_CACHE"):
+        return Path(os.environ["DWIVAE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dwivae" / "models"
+
+
+def cached_model_path(acq: Acquisition, *, arch: str, latent: int, seed: int) -> Path:
+    """The cache directory of the model for this protocol, architecture, latent size and seed."""
+    return cache_dir() / f"{acq.fingerprint()}-{arch}-latent{latent}-seed{seed}"
+
+
+def load_or_train(
+    acq: Acquisition,
+    *,
+    arch: str = "vae",
+    latent: int = 7,
+    seed: int = 0,
+    config: TrainConfig | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> tuple[TrainedModel, Path]:
+    """A model for ``acq`` from the cache, trained and cached first if there is none.
+
+    Models are keyed by the protocol's fingerprint, the architecture, the latent size and the seed,
+    so a second run on data of the same protocol reuses the first run's model.
+
+    Returns
+    -------
+    model : TrainedModel
+    path : Path
+        Its directory in the cache.
+    """
+    path = cached_model_path(acq, arch=arch, latent=latent, seed=seed)
+    if (path / METADATA).is_file():
+        return load_model(path), path
+    model = train(acq, arch=arch, latent=latent, seed=seed, config=config, callback=callback)
+    save_model(model, path, force=True)
+    return model, path
+
+
+def model_fingerprint(model: TrainedModel) -> str:
+    """A 16-hex-digit hash of the weights and configuration, for provenance records."""
+    digest = hashlib.sha256(json.dumps([model.model_config.to_json(), model.train_config.to_json()]).encode())
+    for name, tensor in model.network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -109,11 +110,64 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"-> {args.out / 'metrics.json'}")
 
 
+def cmd_denoise(args: argparse.Namespace) -> None:
+    import torch
+
+    from dwivae import io
+    from dwivae.acquisition import load_acquisition
+    from dwivae.checkpoint import cached_model_path, load_model, load_or_train, model_fingerprint
+    from dwivae.denoise import check_protocol, denoise_file
+
+    if bool(args.bvals) != bool(args.bvecs):
+        raise InputError("give both --bvals and --bvecs, or neither to use the BIDS files next to the image")
+    bvals, bvecs = (args.bvals, args.bvecs) if args.bvals else io.find_gradient_files(args.dwi)
+    acq = load_acquisition(bvals, bvecs)
+    io.check_output(args.out, like_img=io.load_dwi(args.dwi), force=args.force)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model) if args.model else None
+    model_path = args.model
+    if model is None or (args.train and model.acquisition.mismatch(acq) is not None):
+        if not args.train:
+            raise InputError("no model: pass --model DIR, or --train to train one for this protocol")
+        cached = cached_model_path(acq, arch=args.arch, latent=7, seed=args.seed)
+        print(f"using the cached {args.arch} for {acq.describe()} in {cached}" if cached.exists() else
+              f"training a {args.arch} for {acq.describe()} (cached in {cached})", file=sys.stderr)
+        model, model_path = load_or_train(acq, arch=args.arch, seed=args.seed)
+    check_protocol(model, acq, model_name=str(model_path))
+    mask = None if args.mask == "none" else args.mask
+    paths, stats = denoise_file(args.dwi, acq, model, args.out, mask=mask, denoise_b0=args.denoise_b0,
+                                uncertainty=args.uncertainty, seed=args.seed, force=args.force,
+                                progress=not args.quiet)
+    provenance = {
+        "Description": "Denoised with a voxel-wise autoencoder trained on simulated q-space signals",
+        "GeneratedBy": [{"Name": "dwivae", "Version": __version__}],
+        "Command": shlex.join(["dwivae", *args.argv]),
+        "Sources": [str(Path(args.dwi).resolve())],
+        "Model": {"path": str(model_path), "arch": model.model_config.arch, "latent": model.model_config.latent,
+                  "fingerprint": model_fingerprint(model)},
+        "ProtocolFingerprint": acq.fingerprint(),
+        "Mask": str(args.mask),
+        "DenoiseB0": args.denoise_b0,
+        "PosteriorSamples": args.uncertainty,
+        "VoxelsDenoised": stats.denoised,
+        "VoxelsSkipped": stats.skipped,
+        "VoxelsOutsideMask": stats.outside_mask,
+        "Seconds": round(stats.seconds, 3),
+        "Outputs": {name: path.name for name, path in paths.items()},
+    }
+    io.write_json_atomic(io.sidecar_path(paths["denoised"]), provenance, force=True)
+    print(stats.line())
+    print("-> " + ", ".join(str(p) for p in paths.values()))
+
+
 EXAMPLES = {
     "simulate": "dwivae simulate --protocol seed32 --out sims/seed32",
     "train": "dwivae train --protocol seed32 --arch vae --out models/vae32\n"
              "  dwivae train --bvals dwi.bval --bvecs dwi.bvec --arch dae --seed 1 --out models/dae",
     "evaluate": "dwivae evaluate models/vae32 models/dae32 --out results/",
+    "denoise": "dwivae denoise dwi.nii.gz --bvals dwi.bval --bvecs dwi.bvec --model models/vae32 --out dwi_vae.nii.gz\n"
+               "  dwivae denoise sub-01_dwi.nii.gz --train --out sub-01_desc-denoised_dwi.nii.gz",
 }
 
 
@@ -168,13 +222,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", type=Path, nargs="+", help="model directories")
     p.add_argument("--out", type=Path, required=True, help="directory for metrics.json")
     p.set_defaults(run=cmd_evaluate)
+
+    p = command("denoise", "denoise a 4D diffusion NIfTI with a trained model")
+    p.add_argument("dwi", type=Path, help="4D NIfTI (.nii or .nii.gz)")
+    p.add_argument("--bvals", type=Path, help="FSL .bval (default: the BIDS file next to the image)")
+    p.add_argument("--bvecs", type=Path, help="FSL .bvec (default: the BIDS file next to the image)")
+    p.add_argument("--model", type=Path, help="model directory from `dwivae train`")
+    p.add_argument("--train", action="store_true",
+                   help="train a model for the data's protocol when --model is missing or does not match "
+                        "(seeded, cached in ~/.cache/dwivae or $DWIVAE_CACHE)")
+    p.add_argument("--arch", choices=("vae", "dae"), default="vae", help="architecture for --train")
+    p.add_argument("--out", type=Path, required=True, help="denoised NIfTI; _residual is written beside it")
+    p.add_argument("--mask", default="auto",
+                   help="mask NIfTI on the image grid, 'auto' (DIPY median_otsu on the mean b0, default) or 'none'")
+    p.add_argument("--denoise-b0", action="store_true", help="replace the b0 volumes too (default: kept as measured)")
+    p.add_argument("--uncertainty", type=int, default=0, metavar="K",
+                   help="write _uncertainty: the standard deviation over K posterior samples (VAE only)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --train and --uncertainty")
+    p.set_defaults(run=cmd_denoise)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (2 for bad input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version or a usage error, already printed
+        return int(stop.code or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.run(args)
     except (InputError, OSError) as err:

@@ -1,0 +1,248 @@
+"""Denoise diffusion-weighted volumes voxel by voxel with a trained model.
+
+Per voxel: divide by S0 (the mean of the b0 volumes), run the network on the normalised signal
+(``z = mu``: deterministic), multiply back by S0. b0 volumes are kept as measured unless asked
+otherwise. Voxels outside the mask, with S0 <= 0 or with non-finite values are left as they were.
+Files are processed slab by slab, so memory follows the slab size, not the number of slices.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dwivae.acquisition import Acquisition
+from dwivae.errors import InputError
+from dwivae.training import TrainedModel
+
+
+@dataclass
+class DenoiseStats:
+    """What a denoising run did: voxel counts and time."""
+
+    denoised: int = 0
+    skipped: int = 0
+    outside_mask: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        """One log line for the user."""
+        return (f"denoised {self.denoised} voxels, left {self.skipped} with S0 <= 0 or non-finite values "
+                f"and {self.outside_mask} outside the mask unchanged, in {self.seconds:.2f} s")
+
+
+def check_protocol(model: TrainedModel, acq: Acquisition, *, model_name: str = "the model") -> None:
+    """Refuse data whose protocol is not the model's, saying how to get a matching model."""
+    problem = model.acquisition.mismatch(acq)
+    if problem is not None:
+        raise InputError(f"{model_name} was trained for another protocol ({problem}): train one for this "
+                         "data with `dwivae train --bvals ... --bvecs ... --out DIR`, or pass --train")
+
+
+@torch.inference_mode()
+def denoise_signals(
+    signals: np.ndarray,
+    acq: Acquisition,
+    model: TrainedModel,
+    *,
+    denoise_b0: bool = False,
+    batch_size: int = 1 << 16,
+    posterior_samples: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Denoise a stack of voxel signals.
+
+    Parameters
+    ----------
+    signals : (M, N) ndarray
+        Measured signals, in the scanner's units.
+    acq : Acquisition
+        Their protocol (must match the model's).
+    model : TrainedModel
+    denoise_b0 : bool
+        Replace the b0 volumes by the model's output too (default: keep them as measured).
+    batch_size : int
+        Voxels per forward pass.
+    posterior_samples : int
+        With K > 0 (a VAE only), also return the standard deviation over K decodings of
+        ``z = mu + sigma * eps``, in the scanner's units.
+    generator : torch.Generator, optional
+        Source of ``eps`` for the posterior samples.
+
+    Returns
+    -------
+    denoised : (M, N) ndarray, float32
+        Denoised signals; rows that could not be denoised are returned unchanged.
+    valid : (M,) bool ndarray
+        Rows that were denoised (finite values and S0 > 0).
+    std : (M, N) ndarray, float32, or None
+        Posterior standard deviation (0 for rows not denoised), when ``posterior_samples > 0``.
+    """
+    if posterior_samples and model.model_config.arch != "vae":
+        raise InputError("posterior samples (--uncertainty) need a VAE; this model is a DAE")
+    x = np.asarray(signals, dtype=np.float32)
+    b0 = acq.b0_mask
+    s0 = x[:, b0].mean(axis=1)
+    valid = np.isfinite(x).all(axis=1) & (s0 > 0)
+    out = x.copy()
+    std = np.zeros_like(x) if posterior_samples else None
+    rows = np.flatnonzero(valid)
+    network = model.network.eval()
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start:start + batch_size]
+        scale = torch.from_numpy(s0[idx])[:, None]
+        normalised = torch.from_numpy(x[idx]) / scale
+        mu, logvar = network.encode(normalised)
+        denoised = network.decode(mu) * scale
+        if not denoise_b0:
+            denoised[:, torch.from_numpy(b0)] = torch.from_numpy(x[idx][:, b0])
+        out[idx] = denoised.numpy()
+        if posterior_samples:
+            sigma = torch.exp(0.5 * logvar)
+            draws = torch.stack([network.decode(mu + sigma * torch.randn(mu.shape, generator=generator))
+                                 for _ in range(posterior_samples)])
+            std[idx] = (draws.std(dim=0) * scale).numpy()
+    return out, valid, std
+
+
+def denoise(
+    data: np.ndarray,
+    acq: Acquisition,
+    model: TrainedModel,
+    *,
+    mask: np.ndarray | None = None,
+    denoise_b0: bool = False,
+    batch_size: int = 1 << 16,
+) -> np.ndarray:
+    """Denoise a 4D diffusion series held in memory.
+
+    Parameters
+    ----------
+    data : (X, Y, Z, N) ndarray
+        The diffusion series, volumes on the last axis in the protocol's order.
+    acq : Acquisition
+        The data's protocol; it must match the model's.
+    model : TrainedModel
+    mask : (X, Y, Z) bool ndarray, optional
+        Voxels to denoise (default: every voxel with S0 > 0).
+    denoise_b0 : bool
+        Also replace the b0 volumes by the model's output.
+    batch_size : int
+
+    Returns
+    -------
+    denoised : (X, Y, Z, N) ndarray, float32
+    """
+    data = np.asarray(data)
+    if data.ndim != 4 or data.shape[-1] != acq.n_volumes:
+        raise InputError(f"data of shape {data.shape} does not hold {acq.n_volumes} volumes on a 4th axis")
+    check_protocol(model, acq)
+    if mask is not None and mask.shape != data.shape[:3]:
+        raise InputError(f"mask has shape {mask.shape} but the data has {data.shape[:3]}")
+    out = data.astype(np.float32, copy=True)
+    inside = np.ones(data.shape[:3], bool) if mask is None else mask.astype(bool)
+    out[inside], _, _ = denoise_signals(data[inside], acq, model, denoise_b0=denoise_b0, batch_size=batch_size)
+    return out
+
+
+def auto_mask(img, acq: Acquisition) -> np.ndarray:
+    """Brain mask from the mean b0 volume with DIPY's ``median_otsu`` (radius 2, one pass)."""
+    from dipy.segment.mask import median_otsu
+
+    b0_index = np.flatnonzero(acq.b0_mask)
+    mean_b0 = np.mean([np.asarray(img.dataobj[..., int(k)], dtype=np.float32) for k in b0_index], axis=0)
+    _, mask = median_otsu(mean_b0, median_radius=2, numpass=1)
+    return mask
+
+
+def denoise_file(
+    dwi: str | PathLike[str],
+    acq: Acquisition,
+    model: TrainedModel,
+    out: str | PathLike[str],
+    *,
+    mask: str | PathLike[str] | None = "auto",
+    denoise_b0: bool = False,
+    uncertainty: int = 0,
+    seed: int = 0,
+    slab: int = 8,
+    batch_size: int = 1 << 16,
+    force: bool = False,
+    progress: bool = False,
+) -> tuple[dict[str, Path], DenoiseStats]:
+    """Denoise a NIfTI file slab by slab and write the denoised series and its residual.
+
+    Parameters
+    ----------
+    dwi : path
+        4D NIfTI (.nii or .nii.gz).
+    acq : Acquisition
+        Its protocol.
+    model : TrainedModel
+    out : path
+        The denoised series; ``<out>_residual`` (input minus output) is written beside it, and
+        ``<out>_uncertainty`` with ``uncertainty > 0``.
+    mask : path, "auto" or None
+        A mask file on the image's grid, ``"auto"`` for DIPY ``median_otsu`` on the mean b0, or
+        None for every voxel.
+    denoise_b0, uncertainty, seed, slab, batch_size, force, progress
+        Also denoise b0 volumes; number of posterior samples for the uncertainty map; its seed;
+        slices per slab; voxels per forward pass; overwrite outputs; show a progress bar.
+
+    Returns
+    -------
+    paths : dict of str to Path
+        ``denoised``, ``residual`` and, if asked, ``uncertainty``.
+    stats : DenoiseStats
+    """
+    from tqdm import tqdm
+
+    from dwivae import io
+
+    started = time.perf_counter()
+    img = io.load_dwi(dwi)
+    if img.shape[3] != acq.n_volumes:
+        raise InputError(f"{Path(dwi).name} has {img.shape[3]} volumes but the gradient files have "
+                         f"{acq.n_volumes}: give the .bval/.bvec of this image")
+    check_protocol(model, acq)
+    paths = {"denoised": Path(out), "residual": io.output_paths(out, "_residual")}
+    if uncertainty:
+        paths["uncertainty"] = io.output_paths(out, "_uncertainty")
+    for path in paths.values():
+        io.check_output(path, like_img=img, force=force)
+    inside = (auto_mask(img, acq) if mask == "auto" else
+              np.ones(img.shape[:3], bool) if mask is None else io.load_mask(mask, img))
+    generator = torch.Generator().manual_seed(seed)
+    stats = DenoiseStats(outside_mask=int((~inside).sum()))
+    any_signal = False
+    with ExitStack() as stack:
+        writers = {name: stack.enter_context(io.NiftiWriter(path, img.shape, img, force=force))
+                   for name, path in paths.items()}
+        for z0, z1, data in tqdm(io.iter_slabs(img, slab=slab), total=-(-img.shape[2] // slab),
+                                 desc="denoise", unit="slab", disable=not progress):
+            sel = inside[:, :, z0:z1]
+            signals = data[sel]
+            any_signal |= bool(np.any(signals[np.isfinite(signals)] != 0))
+            denoised, valid, std = denoise_signals(
+                signals, acq, model, denoise_b0=denoise_b0, batch_size=batch_size,
+                posterior_samples=uncertainty, generator=generator)
+            stats.denoised += int(valid.sum())
+            stats.skipped += int((~valid).sum())
+            result = data.copy()
+            result[sel] = denoised
+            writers["denoised"].write_slab(z0, z1, result)
+            writers["residual"].write_slab(z0, z1, data - result)
+            if uncertainty:
+                slab_std = np.zeros_like(data)
+                slab_std[sel] = std
+                writers["uncertainty"].write_slab(z0, z1, slab_std)
+        if not any_signal:
+            raise InputError(f"{Path(dwi).name} is all zero inside the mask: check the image and the mask")
+    stats.seconds = time.perf_counter() - started
+    return paths, stats

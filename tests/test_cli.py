@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import TINY_TRAINING, real_sample, write_gradients
+from dwivae import training
+from dwivae.checkpoint import load_model, save_model
+from dwivae.cli import main
+
+
+@pytest.fixture(autouse=True)
+def tiny_default_preset(monkeypatch, tmp_path):
+    """Make `dwivae train` and `--train` take a second, and keep their cache in tmp_path."""
+    monkeypatch.setitem(training.PRESETS, "default", TINY_TRAINING)
+    monkeypatch.setenv("DWIVAE_CACHE", str(tmp_path / "cache"))
+
+
+def _fails(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    return err[0]
+
+
+def test_train_then_refuse_rerun_without_force(tmp_path, capsys):
+    out = tmp_path / "vae32"
+    assert main(["train", "--protocol", "seed32", "--arch", "vae", "--seed", "3", "--quiet", "--out", str(out)]) == 0
+    model = load_model(out)
+    assert model.train_config.seed == 3 and model.model_config.arch == "vae"
+    assert len(model.history) == TINY_TRAINING.epochs
+    _fails(capsys, ["train", "--protocol", "seed32", "--quiet", "--out", str(out)], "exists; pass --force")
+    assert main(["train", "--protocol", "seed32", "--arch", "dae", "--quiet", "--force", "--out", str(out)]) == 0
+    assert load_model(out).model_config.arch == "dae"
+
+
+def test_train_from_gradient_files_with_overrides(tmp_path, acq):
+    bval, bvec = write_gradients(tmp_path, acq.bvals, acq.bvecs)
+    out = tmp_path / "m"
+    assert main(["train", "--bvals", str(bval), "--bvecs", str(bvec), "--epochs", "2", "--loss", "mse",
+                 "--beta-max", "0", "--latent", "10", "--quiet", "--out", str(out)]) == 0
+    model = load_model(out)
+    assert model.train_config.loss == "mse" and model.train_config.beta_max == 0
+    assert model.model_config.latent == 10 and len(model.history) == 2
+    assert all(r["beta"] == 0 for r in model.history)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--protocol", "seed32", "--arch", "gan", "--out", "x"], "invalid choice: 'gan'"),
+    (["train", "--protocol", "seed32", "--loss", "hinge", "--out", "x"], "invalid choice: 'hinge'"),
+    (["train", "--protocol", "nope", "--out", "x"], "unknown protocol 'nope'"),
+    (["train", "--out", "x"], "no protocol"),
+    (["train", "--bvals", "missing.bval", "--bvecs", "missing.bvec", "--out", "x"], "does not exist"),
+    (["evaluate", "missing_model", "--out", "x"], "does not exist"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    _fails(capsys, argv, message)
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_gradient_files(tmp_path, capsys):
+    bval, bvec = write_gradients(tmp_path, np.array([0, 1000, 1000]), np.eye(3)[:2])
+    _fails(capsys, ["train", "--bvals", str(bval), "--bvecs", str(bvec), "--out", str(tmp_path / "m")],
+           "2 directions but the bval file has 3")
+    bval, bvec = write_gradients(tmp_path, np.array([0, 1000, 1000]), np.array([[0, 0, 0], [1, 0, 0], [0, 0, 0]]))
+    _fails(capsys, ["train", "--bvals", str(bval), "--bvecs", str(bvec), "--out", str(tmp_path / "m")],
+           "direction of length 0")
+    assert not (tmp_path / "m").exists()
+
+
+def test_simulate_writes_arrays(tmp_path):
+    out = tmp_path / "sim"
+    assert main(["simulate", "--protocol", "seed32", "--atoms", "random", "--n-atoms", "100",
+                 "--sigma", "0", "0.1", "--out", str(out)]) == 0
+    info = json.loads((out / "simulate.json").read_text())
+    assert info["n_atoms"] == 100 and info["n_noisy"] == 200
+    noisy, clean = np.load(out / "noisy.npy"), np.load(out / "clean.npy")
+    np.testing.assert_array_equal(noisy[:100], clean)  # sigma 0 first
+    assert np.load(out / "tensors.npy").shape == (100, 6)
+
+
+@pytest.fixture
+def small64(tmp_path, trained_for):
+    dwi, bval, bvec = real_sample("small_64D")
+    model_dir = save_model(trained_for("small_64D"), tmp_path / "m64")
+    return dwi, bval, bvec, model_dir
+
+
+def test_denoise_command(tmp_path, capsys, small64):
+    dwi, bval, bvec, model_dir = small64
+    out = tmp_path / "dn.nii.gz"
+    argv = ["denoise", str(dwi), "--bvals", str(bval), "--bvecs", str(bvec), "--model", str(model_dir),
+            "--out", str(out), "--uncertainty", "3", "--quiet"]
+    assert main(argv) == 0
+    assert "denoised" in capsys.readouterr().out
+    assert nib.load(out).shape == nib.load(dwi).shape
+    assert (tmp_path / "dn_residual.nii.gz").exists() and (tmp_path / "dn_uncertainty.nii.gz").exists()
+    sidecar = json.loads((tmp_path / "dn.json").read_text())
+    assert sidecar["GeneratedBy"][0]["Name"] == "dwivae" and sidecar["VoxelsDenoised"] > 0
+    assert sidecar["ProtocolFingerprint"] and sidecar["Model"]["fingerprint"]
+    before = out.read_bytes()
+    _fails(capsys, argv, "exists; pass --force")
+    assert out.read_bytes() == before
+    assert main([*argv, "--force"]) == 0
+
+
+def test_denoise_finds_bids_gradients_and_trains_on_the_fly(tmp_path, capsys):
+    dwi, bval, bvec = real_sample("small_64D")
+    img = nib.load(dwi)
+    nib.save(img, tmp_path / "sub-01_dwi.nii.gz")
+    (tmp_path / "sub-01_dwi.bval").write_bytes(bval.read_bytes())
+    (tmp_path / "sub-01_dwi.bvec").write_bytes(bvec.read_bytes())
+    argv = ["denoise", str(tmp_path / "sub-01_dwi.nii.gz"), "--out", str(tmp_path / "d.nii.gz"), "--quiet"]
+    _fails(capsys, argv, "no model: pass --model DIR, or --train")
+    assert main([*argv, "--train"]) == 0
+    assert "training a vae" in capsys.readouterr().err
+    cached = list((tmp_path / "cache").iterdir())
+    assert len(cached) == 1 and (cached[0] / "model.json").exists()
+    assert main([*argv, "--train", "--force"]) == 0
+    assert "using the cached vae" in capsys.readouterr().err  # the second run reuses the cached model
+
+
+def _bad_inputs(tmp_path, dwi, bval, bvec, model_dir):
+    img = nib.load(dwi)
+    data = np.asarray(img.dataobj)
+    nib.save(nib.Nifti1Image(data[..., 0], img.affine), tmp_path / "3d.nii.gz")
+    nib.save(nib.Nifti1Image(data[..., :60], img.affine), tmp_path / "short.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros_like(data), img.affine), tmp_path / "zeros.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((9, 10, 10), np.uint8), img.affine), tmp_path / "mask_shape.nii.gz")
+    shifted = img.affine.copy()
+    shifted[0, 3] += 5
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.uint8), shifted), tmp_path / "mask_affine.nii.gz")
+    np.savetxt(tmp_path / "short.bvec", np.loadtxt(bvec)[:60])  # this sample's bvec file is N x 3
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "model.json").write_text("{")
+    (tmp_path / "corrupt" / "model.safetensors").write_bytes(b"")
+    old = tmp_path / "old"
+    old.mkdir()
+    meta = json.loads((model_dir / "model.json").read_text())
+    (old / "model.json").write_text(json.dumps({**meta, "format_version": 0}))
+    (old / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes())
+    grads = ["--bvals", str(bval), "--bvecs", str(bvec)]
+    model = ["--model", str(model_dir)]
+    out = ["--out", str(tmp_path / "o.nii.gz")]
+    return [
+        (["denoise", str(tmp_path / "3d.nii.gz"), *grads, *model, *out], "is 3D"),
+        (["denoise", str(tmp_path / "short.nii.gz"), *grads, *model, *out], "has 60 volumes but the gradient files have 65"),
+        (["denoise", str(dwi), "--bvals", str(bval), "--bvecs", str(tmp_path / "short.bvec"), *model, *out],
+         "60 directions but the bval file has 65"),
+        (["denoise", str(dwi), *grads, "--model", str(tmp_path / "nomodel"), *out], "does not exist"),
+        (["denoise", str(dwi), *grads, "--model", str(tmp_path / "corrupt"), *out], "corrupt"),
+        (["denoise", str(dwi), *grads, "--model", str(old), *out], "format version 0"),
+        (["denoise", str(dwi), *grads, *model, *out, "--mask", str(tmp_path / "mask_shape.nii.gz")], "shape"),
+        (["denoise", str(dwi), *grads, *model, *out, "--mask", str(tmp_path / "mask_affine.nii.gz")], "affine"),
+        (["denoise", str(dwi), *grads, *model, "--out", str(dwi)], "overwrite the input"),
+        (["denoise", str(tmp_path / "zeros.nii.gz"), *grads, *model, *out, "--mask", "none"], "all zero"),
+    ]
+
+
+def test_denoise_bad_inputs(tmp_path, capsys, small64):
+    dwi, bval, bvec, model_dir = small64
+    before = dwi.read_bytes()
+    for argv, message in _bad_inputs(tmp_path, dwi, bval, bvec, model_dir):
+        _fails(capsys, [*argv, "--quiet"], message)
+        assert not (tmp_path / "o.nii.gz").exists(), argv
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.nii.gz")]  # no temporaries
+    assert dwi.read_bytes() == before
