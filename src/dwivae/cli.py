@@ -115,7 +115,7 @@ def cmd_denoise(args: argparse.Namespace) -> None:
 
     from dwivae import io
     from dwivae.acquisition import load_acquisition
-    from dwivae.checkpoint import cached_model_path, load_model, load_or_train, model_fingerprint
+    from dwivae.checkpoint import cached_model_path, load_model, load_or_train
     from dwivae.denoise import check_protocol, denoise_file
 
     if bool(args.bvals) != bool(args.bvecs):
@@ -138,27 +138,17 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     mask = None if args.mask == "none" else args.mask
     paths, stats = denoise_file(args.dwi, acq, model, args.out, mask=mask, denoise_b0=args.denoise_b0,
                                 uncertainty=args.uncertainty, seed=args.seed, force=args.force,
-                                progress=not args.quiet)
-    provenance = {
-        "Description": "Denoised with a voxel-wise autoencoder trained on simulated q-space signals",
-        "GeneratedBy": [{"Name": "dwivae", "Version": __version__}],
-        "Command": shlex.join(["dwivae", *args.argv]),
-        "Sources": [str(Path(args.dwi).resolve())],
-        "Model": {"path": str(model_path), "arch": model.model_config.arch, "latent": model.model_config.latent,
-                  "fingerprint": model_fingerprint(model)},
-        "ProtocolFingerprint": acq.fingerprint(),
-        "Mask": str(args.mask),
-        "DenoiseB0": args.denoise_b0,
-        "PosteriorSamples": args.uncertainty,
-        "VoxelsDenoised": stats.denoised,
-        "VoxelsSkipped": stats.skipped,
-        "VoxelsOutsideMask": stats.outside_mask,
-        "Seconds": round(stats.seconds, 3),
-        "Outputs": {name: path.name for name, path in paths.items()},
-    }
-    io.write_json_atomic(io.sidecar_path(paths["denoised"]), provenance, force=True)
+                                progress=not args.quiet,
+                                provenance={"Command": shlex.join(["dwivae", *args.argv]),
+                                            "Model": {"path": str(model_path)}})
     print(stats.line())
     print("-> " + ", ".join(str(p) for p in paths.values()))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from dwivae.demo import run_demo
+
+    run_demo(args.out, seed=args.seed, force=args.force)
 
 
 EXAMPLES = {
@@ -168,6 +158,7 @@ EXAMPLES = {
     "evaluate": "dwivae evaluate models/vae32 models/dae32 --out results/",
     "denoise": "dwivae denoise dwi.nii.gz --bvals dwi.bval --bvecs dwi.bvec --model models/vae32 --out dwi_vae.nii.gz\n"
                "  dwivae denoise sub-01_dwi.nii.gz --train --out sub-01_desc-denoised_dwi.nii.gz",
+    "demo": "dwivae demo --out demo_out",
 }
 
 
@@ -241,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0, help="seed for --train and --uncertainty")
     p.set_defaults(run=cmd_denoise)
+
+    p = command("demo", "train a VAE and a DAE for DIPY's in-vivo sample, denoise it with both, draw it")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default: demo_out)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_demo)
     return parser
 
 

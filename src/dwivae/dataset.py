@@ -115,10 +115,13 @@ def noisy_copies(
     return noisy, atom, level
 
 
-def held_out_pairs(split: SimulatedSplit, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def held_out_pairs(
+    split: SimulatedSplit, *, seed: int, max_atoms: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The held-out noisy test samples for ``seed``: every test atom at every noise level.
 
-    Identical for every model trained or evaluated with the same seed and protocol.
+    Identical for every model trained or evaluated with the same seed and protocol. With
+    ``max_atoms``, only the first that many test atoms (a smaller set to monitor training).
     """
     rng = np.random.default_rng(seed_streams(seed)["test_noise"])
-    return noisy_copies(split.test_clean, split.noise_levels, rng=rng)
+    return noisy_copies(split.test_clean[:max_atoms], split.noise_levels, rng=rng)

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dwivae._version import __version__
 from dwivae.acquisition import Acquisition
+from dwivae.checkpoint import model_fingerprint
 from dwivae.errors import InputError
 from dwivae.training import TrainedModel
 
@@ -175,6 +177,7 @@ def denoise_file(
     batch_size: int = 1 << 16,
     force: bool = False,
     progress: bool = False,
+    provenance: dict | None = None,
 ) -> tuple[dict[str, Path], DenoiseStats]:
     """Denoise a NIfTI file slab by slab and write the denoised series and its residual.
 
@@ -194,6 +197,14 @@ def denoise_file(
     denoise_b0, uncertainty, seed, slab, batch_size, force, progress
         Also denoise b0 volumes; number of posterior samples for the uncertainty map; its seed;
         slices per slab; voxels per forward pass; overwrite outputs; show a progress bar.
+    provenance : dict, optional
+        Extra entries for the JSON sidecar (e.g. the command line); a ``Model`` dict is merged.
+
+    Notes
+    -----
+    The sidecar ``<out>.json`` records, as BIDS derivatives do, the tool and version, the source,
+    the model (architecture, latent size, fingerprint), the protocol fingerprint, the settings
+    and what was done.
 
     Returns
     -------
@@ -245,4 +256,23 @@ def denoise_file(
         if not any_signal:
             raise InputError(f"{Path(dwi).name} is all zero inside the mask: check the image and the mask")
     stats.seconds = time.perf_counter() - started
+    extra = dict(provenance or {})
+    sidecar = {
+        "Description": "Denoised with a voxel-wise autoencoder trained on simulated q-space signals",
+        "GeneratedBy": [{"Name": "dwivae", "Version": __version__}],
+        "Sources": [str(Path(dwi).resolve())],
+        "Model": {"arch": model.model_config.arch, "latent": model.model_config.latent,
+                  "fingerprint": model_fingerprint(model), **extra.pop("Model", {})},
+        "ProtocolFingerprint": acq.fingerprint(),
+        "Mask": str(mask),
+        "DenoiseB0": denoise_b0,
+        "PosteriorSamples": uncertainty,
+        "VoxelsDenoised": stats.denoised,
+        "VoxelsSkipped": stats.skipped,
+        "VoxelsOutsideMask": stats.outside_mask,
+        "Seconds": round(stats.seconds, 3),
+        "Outputs": {name: path.name for name, path in paths.items()},
+        **extra,
+    }
+    io.write_json_atomic(io.sidecar_path(paths["denoised"]), sidecar, force=True)
     return paths, stats
