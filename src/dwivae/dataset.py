@@ -87,7 +87,7 @@ def simulate_split(
     clean = tensor_signals(D, acq)
     order = rng.permutation(len(D))
     n_test = int(round(test_fraction * len(D)))
-    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    test, train = order[:n_test], order[n_test:]  # shuffled: any leading subset is a random sample
     return SimulatedSplit(clean[train], clean[test], D[train], D[test],
                           np.asarray(noise_levels, dtype=np.float32))
 
