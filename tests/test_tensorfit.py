@@ -180,3 +180,9 @@ def test_large_inputs_are_fitted_in_chunks(monkeypatch):
         D_chunked, S0_chunked = fit_tensor(signals, bvals, bvecs, method=method)
         np.testing.assert_allclose(D_chunked, D, rtol=1e-12, atol=1e-18)
         np.testing.assert_allclose(S0_chunked, S0, rtol=1e-12)
+
+
+def test_fa_of_a_non_positive_definite_tensor_stays_in_unit_range():
+    D = np.array([[1.5e-3, -0.5e-3, 0.2e-3, 0.0, 0.0, 0.0]])  # one negative eigenvalue
+    assert 0.0 <= fa(D)[0] <= 1.0
+    np.testing.assert_allclose(fa(D), fa(np.array([[1.5e-3, 0.0, 0.2e-3, 0, 0, 0]])))

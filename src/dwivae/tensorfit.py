@@ -275,11 +275,12 @@ def fa(D: np.ndarray) -> np.ndarray:
 
     Notes
     -----
-    ``FA = sqrt(1/2) sqrt((λ1-λ2)² + (λ2-λ3)² + (λ3-λ1)²) / sqrt(λ1² + λ2² + λ3²)`` from the
-    eigenvalues as they are. DIPY first clips eigenvalues to a small positive value, so the two
-    agree for positive definite tensors; for others this FA can exceed 1.
+    ``FA = sqrt(1/2) sqrt((λ1-λ2)² + (λ2-λ3)² + (λ3-λ1)²) / sqrt(λ1² + λ2² + λ3²)`` with
+    negative eigenvalues set to 0 first, as DIPY does (its ``min_diffusivity``), so that FA stays
+    in [0, 1] for the non-positive-definite tensors that noisy fits give.
     """
-    l1, l2, l3 = np.moveaxis(np.linalg.eigvalsh(to_matrix(D)), -1, 0)
+    evals = np.maximum(np.linalg.eigvalsh(to_matrix(D)), 0.0)
+    l1, l2, l3 = np.moveaxis(evals, -1, 0)
     spread = (l1 - l2) ** 2 + (l2 - l3) ** 2 + (l3 - l1) ** 2
     norm = l1**2 + l2**2 + l3**2
     return np.sqrt(0.5 * spread / np.where(norm > 0, norm, 1.0))
