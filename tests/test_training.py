@@ -65,3 +65,13 @@ def test_bad_train_config():
         TrainConfig(loss="hinge")
     with pytest.raises(InputError, match="epochs"):
         TrainConfig(epochs=0)
+
+
+def test_cosine_schedule_decays_to_a_hundredth():
+    config = TrainConfig(epochs=11, lr=1e-3, lr_schedule="cosine")
+    assert config.lr_at(1) == pytest.approx(1e-3)
+    assert config.lr_at(6) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert config.lr_at(11) == pytest.approx(1e-5)
+    assert TrainConfig(lr=1e-3).lr_at(11) == 1e-3
+    with pytest.raises(InputError, match="unknown learning-rate schedule"):
+        TrainConfig(lr_schedule="step")

@@ -13,8 +13,12 @@ from dwivae.acquisition import Acquisition
 from dwivae.dataset import (SimulatedSplit, noisy_copies, seed_streams, simulate_split,
                             held_out_pairs, torch_generator)
 from dwivae.errors import InputError
+from dwivae.fused import make_step
 from dwivae.losses import beta_schedule, kl_divergence, reconstruction_loss
 from dwivae.models import Autoencoder, ModelConfig, build_model
+
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,8 @@ class TrainConfig:
     epochs : int
     lr : float
         Adam learning rate.
+    lr_schedule : {"constant", "cosine"}
+        Constant (the study), or cosine decay from ``lr`` to ``lr / 100`` over the epochs.
     batch_size : int
     loss : {"huber", "mse", "l1"}
         Reconstruction loss.
@@ -49,6 +55,7 @@ class TrainConfig:
 
     epochs: int = 40
     lr: float = 4e-4
+    lr_schedule: str = "constant"
     batch_size: int = 3000
     loss: str = "huber"
     beta_max: float = 0.0015
@@ -65,12 +72,22 @@ class TrainConfig:
         reconstruction_loss(self.loss)
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be >= 1")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"unknown learning-rate schedule {self.lr_schedule!r}: choose one of "
+                             f"{', '.join(LR_SCHEDULES)}")
         if self.lr <= 0 or self.beta_max < 0:
             raise InputError(f"learning rate ({self.lr}) must be > 0 and beta ({self.beta_max}) >= 0")
 
     def to_json(self) -> dict:
         """A JSON-serialisable dict that ``TrainConfig(**d)`` reads back."""
         return asdict(self)
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of 1-based ``epoch``."""
+        if self.lr_schedule == "constant" or self.epochs == 1:
+            return self.lr
+        floor = self.lr / 100
+        return floor + 0.5 * (self.lr - floor) * (1 + math.cos(math.pi * (epoch - 1) / (self.epochs - 1)))
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -105,6 +122,15 @@ class AutogradStep:
         self.network = network
         self.loss = reconstruction_loss(loss)
         self.optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next steps."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.optimizer.param_groups[0]["lr"] = value
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | None,
                  beta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,13 +212,14 @@ def train(
         epoch_size = config.samples_per_epoch
     batch = min(config.batch_size, epoch_size)
     steps = epoch_size // batch
-    step = AutogradStep(network, lr=config.lr, loss=config.loss)
+    step = make_step(network, lr=config.lr, loss=config.loss)
     history: list[dict] = []
     train_seconds = 0.0
     for epoch in range(1, config.epochs + 1):
         beta = beta_schedule(epoch, beta_max=config.beta_max, start_epoch=config.beta_start_epoch,
                              step=config.beta_step) if arch == "vae" else 0.0
         network.train()
+        step.lr = config.lr_at(epoch)
         tick = time.perf_counter()
         rec_sum = torch.zeros(())
         kl_sum = torch.zeros(())
@@ -211,7 +238,7 @@ def train(
             rec_sum += rec
             kl_sum += kl
         train_seconds += time.perf_counter() - tick
-        record = {"epoch": epoch, "beta": beta, "recon": float(rec_sum) / steps,
+        record = {"epoch": epoch, "lr": step.lr, "beta": beta, "recon": float(rec_sum) / steps,
                   "kl": float(kl_sum) / steps}
         record["total"] = record["recon"] + beta * record["kl"]
         if not math.isfinite(record["total"]):
