@@ -12,6 +12,16 @@ from dwivae.models import ModelConfig, build_model
 from dwivae.training import AutogradStep
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The reference AutogradStep on 1 thread: 2 OpenMP threads on a busy 2-core machine are
+    pathologically slow. (FusedStep runs its ops on 1 thread whatever the setting.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _batches(arch: str, n_steps: int, batch: int, seed: int = 3):
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -63,9 +73,9 @@ def test_matches_autograd_step_for_each_activation(activation):
 
 def test_lanes_and_chunks_give_the_full_batch_gradient():
     # two lanes, each cut into chunks of 150: the gradient must still be the full batch's
-    ref, net = _run_both("vae", "huber", 0.01, batch=1100, lanes=2, chunk=150)
+    ref, net = _run_both("vae", "huber", 0.01, n_steps=3, batch=1100, lanes=2, chunk=150)
     _assert_same_weights(ref, net)
-    ref, net = _run_both("dae", "mse", 0.0, batch=1100, lanes=1, chunk=300)
+    ref, net = _run_both("dae", "mse", 0.0, n_steps=3, batch=1100, lanes=1, chunk=300)
     _assert_same_weights(ref, net)
 
 
@@ -82,8 +92,8 @@ def test_deterministic(lanes):
     weights = []
     for _ in range(2):
         net, _ = _pair("vae")
-        step = FusedStep(net, lr=2e-3, loss="huber", lanes=lanes, chunk=700)
-        history = [step(x, y, eps, 0.001) for x, y, eps in _batches("vae", 4, 1500)]
+        step = FusedStep(net, lr=2e-3, loss="huber", lanes=lanes, chunk=400)
+        history = [step(x, y, eps, 0.001) for x, y, eps in _batches("vae", 3, 1100)]
         weights.append(([p.clone() for p in net.parameters()], history))
     (w1, h1), (w2, h2) = weights
     assert all(torch.equal(a, b) for a, b in zip(w1, w2))
@@ -112,12 +122,12 @@ def test_network_is_trained_in_place():
 
 
 def test_restores_torch_thread_count():
-    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     net, _ = _pair("dae")
     step = FusedStep(net, lr=1e-3, loss="huber", lanes=2)
     x, y, eps = _batches("dae", 1, 1200)[0]
     step(x, y, eps, 0.0)
-    assert torch.get_num_threads() == threads
+    assert torch.get_num_threads() == 2
 
 
 def test_unsupported_activation_raises_and_make_step_falls_back():
