@@ -8,7 +8,7 @@ and test MSE, next to the study's 12 hours on a 32-core CPU. Then, in the same r
 interleaved (the machine may be shared: the ratio, measured in one run, means more than the
 absolute numbers).
 
-Usage: ``python benchmarks/bench_train.py [--out benchmarks/results/train.json] [--skip-study]``
+Usage: ``python benchmarks/bench_train.py [--out benchmarks/results/train.json] [--skip-study] [--threads N]``
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def train_preset(name: str) -> dict:
         "wall_seconds": round(s["wall_seconds"], 2),
         "test_mse": s["test_mse"],
         "speedup_vs_study_12h_32_cores": round(STUDY_SECONDS / s["wall_seconds"], 1),
-        "speedup_per_core_vs_study": round(STUDY_SECONDS * STUDY_CORES / (s["wall_seconds"] * (os.cpu_count() or 1)), 1),
+        "speedup_per_core_vs_study": round(
+            STUDY_SECONDS * STUDY_CORES / (s["wall_seconds"] * (os.cpu_count() or 1)), 1),
     }
     print(f"  {name:<8} {result['samples_per_second'] / 1e6:6.2f} M samples/s  train {result['train_seconds']:8.1f} s"
           f"  wall {result['wall_seconds']:8.1f} s  test MSE {result['test_mse']:.3g}"
@@ -74,11 +75,13 @@ def micro_benchmark(*, batch: int = 3000, n_batches: int = 8, rounds: int = 7,
         batches.append((x, y, torch.randn(batch, net.config.latent, generator=g)))
     threads = torch.get_num_threads()
     variants = {
-        f"autograd, {threads} torch threads": (AutogradStep(copy.deepcopy(net), lr=4e-4, loss="huber"), threads),
         "autograd, 1 torch thread": (AutogradStep(copy.deepcopy(net), lr=4e-4, loss="huber"), 1),
+        f"autograd, {threads} torch threads": (AutogradStep(copy.deepcopy(net), lr=4e-4, loss="huber"), threads),
         "fused, 1 lane": (FusedStep(copy.deepcopy(net), lr=4e-4, loss="huber", lanes=1), threads),
         "fused, 2 lanes": (FusedStep(copy.deepcopy(net), lr=4e-4, loss="huber", lanes=2), threads),
     }
+    if threads == 1:
+        del variants["autograd, 1 torch threads"]
     times: dict[str, list[float]] = {k: [] for k in variants}
     try:
         for _ in range(rounds):
@@ -100,7 +103,8 @@ def micro_benchmark(*, batch: int = 3000, n_batches: int = 8, rounds: int = 7,
                                  "samples_per_second_median": round(batch / median)}
         print(f"  {name:<30} {median * 1e3:8.2f} ms/step (best {best * 1e3:7.2f})"
               f"  {batch / median / 1e6:5.2f} M samples/s (best {batch / best / 1e6:5.2f})", flush=True)
-    auto = result["steps"][f"autograd, {threads} torch threads"]["ms_per_step_median"]
+    auto = result["steps"][f"autograd, {threads} torch threads" if threads > 1
+                           else "autograd, 1 torch thread"]["ms_per_step_median"]
     auto1 = result["steps"]["autograd, 1 torch thread"]["ms_per_step_median"]
     for name in ("fused, 1 lane", "fused, 2 lanes"):
         fused = result["steps"][name]["ms_per_step_median"]
@@ -117,7 +121,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train.json"))
     parser.add_argument("--skip-study", action="store_true", help="skip the study preset (minutes)")
     parser.add_argument("--skip-presets", action="store_true", help="only the step micro-benchmark")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, the core count); "
+                        "on a shared machine 1 avoids OpenMP stalls in the training loop")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results: dict = {"machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}",
                      "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                      "study_reference": "12 hours on a 32-core CPU", "presets": {}}

@@ -165,3 +165,14 @@ def test_other_latent_and_protocol_sizes():
         eps = torch.randn(200, 10, generator=g)
         torch.testing.assert_close(fused(x, y, eps, 0.01), auto(x, y, eps, 0.01), rtol=1e-5, atol=1e-7)
     _assert_same_weights(ref, net)
+
+
+def test_learning_rate_can_change_between_steps():
+    ref, net = _pair("vae")
+    auto, fused = AutogradStep(ref, lr=1e-3, loss="huber"), FusedStep(net, lr=1e-3, loss="huber")
+    for k, (x, y, eps) in enumerate(_batches("vae", 4, 300)):
+        auto.lr = fused.lr = 1e-3 / (k + 1)
+        auto(x, y, eps, 0.01)
+        fused(x, y, eps, 0.01)
+    assert fused.lr == auto.lr
+    _assert_same_weights(ref, net)

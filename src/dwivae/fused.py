@@ -26,12 +26,11 @@ How
   restored after): on this shared 2-core machine, 2 OpenMP threads made the step 10-100x slower
   whenever the other core was busy (the threads wait for each other at every op), and at best
   gave 1.25x. ``lanes=2`` splits the batch into two halves run by two Python threads (ops
-  release the GIL), each into its own gradient buffer, summed in a fixed order: 1.3x faster in
-  isolation when both cores were free, but 0.7-1.0x inside ``train()`` (the loop's own 2-thread
-  ops leave OpenMP workers spinning, and the cores were often shared), so the default is 1 lane.
-  Batches above ``chunk`` samples per lane are cut into chunks whose gradients are accumulated
-  (``addmm_``): smaller chunks cost more dispatches than they save in cache misses below ~4000
-  samples, a few % gain above (batch 24000).
+  release the GIL), each into its own gradient buffer, summed in a fixed order: 1.3x faster than
+  1 lane in the one window where both cores were free, 0.8x while other jobs held a core (most of
+  the time here), so the default is 1 lane. Batches above ``chunk`` samples per lane are cut into
+  chunks whose gradients are accumulated (``addmm_``): below ~4000 samples smaller chunks cost
+  more dispatches than they save in cache misses; a few % gain above (batch 24000).
 
 What bounds it (VAE with ELU, batch 3000, torch 2.13 + MKL on a 2-core AMD EPYC VM whose cores
 were shared with other jobs, so absolute timings varied up to 2x from minute to minute; the ratios
@@ -50,7 +49,10 @@ tile of samples in registers through all layers.
 batch, the study preset gathers 3000 random rows of its 1.4 GB noisy copy (cache and TLB misses)
 plus their clean atoms (0.6 ms); the default preset draws 4096 x 32 normals with ``torch.randn``
 (4-7 ns each, 0.6-0.9 ms), gathers 4096 atoms and adds the noise (1.5-2 ms in all). Moving the
-gather and the noise into the step would not make them cheaper.
+gather and the noise into the step would not make them cheaper. And the loop's ops follow
+torch's thread setting: with the default 2 threads, while another job held a core, they took
+31 ms a batch instead of 1.3 ms (default preset: 0.06 M samples/s against 0.48 M with
+``torch.set_num_threads(1)``), so train on one thread on a shared machine.
 
 It is deterministic: same network, same batches, same ``lanes`` and ``chunk`` give bit-identical
 weights (every op is single-threaded, the reduction order is fixed). Results differ from
@@ -286,6 +288,10 @@ class FusedStep:
 
     def _run(self, lane: _Lane, x, y, eps, lo: int, hi: int, kscale: float):
         """Samples lo:hi in chunks; the lane's gradient is their sum. Returns (rec sum, KL sum)."""
+        if lane is not self.lanes[0]:
+            # a new thread's OpenMP and MKL settings are not torch's: without this, its ops ran
+            # 100-500x slower for the first seconds
+            torch.set_num_threads(1)
         with torch.no_grad():
             n_chunks = -(-(hi - lo) // self.chunk)
             size = -(-(hi - lo) // n_chunks)

@@ -194,6 +194,16 @@ def train(
     -------
     TrainedModel
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the step's ops are small: a second OpenMP thread only waits on a busy core
+    try:
+        return _train(acq, arch=arch, latent=latent, seed=seed, config=config, split=split, callback=callback)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: TrainConfig | None,
+           split: SimulatedSplit | None, callback: Callable[[dict], None] | None) -> TrainedModel:
     config = replace(config or PRESETS["default"], seed=seed)
     model_config = ModelConfig(arch=arch, n_inputs=acq.n_volumes, latent=latent)
     streams = seed_streams(seed)
