@@ -6,7 +6,7 @@ its output, in its own process, timed from outside, with peak memory (maximum re
 from ``/usr/bin/time -v``. A volume 4x larger (240 slices) shows that dwivae's memory stays bounded.
 Also prints the network's inference rate (voxels/s) on in-memory signals.
 
-Usage: ``python benchmarks/bench_denoise.py [--out benchmarks/results/denoise.json] [--skip-peers]``
+Usage: ``python benchmarks/bench_denoise.py [--model DIR] [--out benchmarks/results/denoise.json] [--skip-peers]``
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from dwivae.acquisition import save_acquisition, seed32
-from dwivae.checkpoint import save_model
+from dwivae.checkpoint import load_model, save_model
 from dwivae.simulate import random_tensors, tensor_signals
 from dwivae.training import PRESETS, reconstruct, train
 
@@ -74,6 +74,7 @@ def inference_rate(model, *, voxels: int = 2_000_000, repeats: int = 3) -> float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/denoise.json"))
+    parser.add_argument("--model", type=Path, help="a seed32 model directory (default: train one)")
     parser.add_argument("--skip-peers", action="store_true", help="time dwivae only")
     parser.add_argument("--skip-mppca", action="store_true", help="skip DIPY mppca (about a minute)")
     args = parser.parse_args()
@@ -82,8 +83,11 @@ def main() -> None:
         tmp = Path(tmp)
         acq = seed32()
         save_acquisition(acq, tmp / "dwi.bval", tmp / "dwi.bvec")
-        model = train(acq, arch="vae", seed=0, config=PRESETS["default"])
-        save_model(model, tmp / "vae")
+        if args.model:
+            model, model_dir = load_model(args.model), args.model
+        else:
+            model, model_dir = train(acq, arch="vae", seed=0, config=PRESETS["default"]), tmp / "vae"
+            save_model(model, model_dir)
         results["inference_voxels_per_second"] = round(inference_rate(model))
         print(f"inference: {results['inference_voxels_per_second'] / 1e6:.1f} M voxels/s (latent 7, in memory)")
         for label, shape in (("96x96x60x32", (96, 96, 60)), ("96x96x240x32 (4x)", (96, 96, 240))):
@@ -91,7 +95,7 @@ def main() -> None:
             make_volume(shape, dwi)
             runs = {"dwivae": [sys.executable, "-m", "dwivae.cli", "denoise", str(dwi), "--bvals",
                                str(tmp / "dwi.bval"), "--bvecs", str(tmp / "dwi.bvec"), "--model",
-                               str(tmp / "vae"), "--out", str(tmp / f"vae_{shape[2]}.nii"), "--quiet", "--force"]}
+                               str(model_dir), "--out", str(tmp / f"vae_{shape[2]}.nii"), "--quiet", "--force"]}
             if not args.skip_peers and shape[2] == 60:
                 if shutil.which("dwidenoise"):
                     runs["mrtrix3 dwidenoise -nthreads 2"] = [

@@ -123,8 +123,7 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     bvals, bvecs = (args.bvals, args.bvecs) if args.bvals else io.find_gradient_files(args.dwi)
     acq = load_acquisition(bvals, bvecs)
     io.check_output(args.out, like_img=io.load_dwi(args.dwi), force=args.force)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     model = load_model(args.model) if args.model else None
     model_path = args.model
     if model is None or (args.train and model.acquisition.mismatch(acq) is not None):
@@ -229,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoise-b0", action="store_true", help="replace the b0 volumes too (default: kept as measured)")
     p.add_argument("--uncertainty", type=int, default=0, metavar="K",
                    help="write _uncertainty: the standard deviation over K posterior samples (VAE only)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the network is small, and a second thread stalls "
+                        "whenever the other core is busy)")
     p.add_argument("--seed", type=int, default=0, help="seed for --train and --uncertainty")
     p.set_defaults(run=cmd_denoise)
 
