@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from dwivae.checkpoint import load_model, save_model
 from dwivae.errors import InputError

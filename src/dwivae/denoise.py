@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
@@ -31,7 +31,6 @@ class DenoiseStats:
     skipped: int = 0
     outside_mask: int = 0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def line(self) -> str:
         """One log line for the user."""
