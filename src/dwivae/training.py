@@ -97,7 +97,7 @@ class TrainConfig:
 
 PRESETS: dict[str, TrainConfig] = {
     "study": TrainConfig(),
-    "default": TrainConfig(samples_per_epoch=1_000_000, batch_size=2048, epochs=12, lr=2e-3,
+    "default": TrainConfig(samples_per_epoch=1_000_000, batch_size=2048, epochs=16, lr=2e-3,
                            lr_schedule="cosine", beta_step=2e-4),
 }
 """``study``: the study's full data volume (all atoms x 31 levels, 40 epochs). ``default``: fresh
