@@ -78,6 +78,14 @@ MIN_LANE = 512
 """Batches are only split between lanes if each gets at least this many samples."""
 
 
+def _weight_grad(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, first: bool) -> None:
+    """``out = a @ b`` for a batch's first chunk, ``out += a @ b`` for the chunks after it."""
+    if first:
+        torch.mm(a, b, out=out)
+    else:
+        out.addmm_(a, b)
+
+
 class UnsupportedNetwork(ValueError):
     """The network has a layer or setting that :class:`FusedStep` does not implement."""
 
@@ -434,20 +442,14 @@ class FusedStep:
         # backward
         gl = grads[-1]
         _, haT, h, t, dh, _ = bdec[-1]
-        if first:
-            torch.mm(gT, haT, out=gl)
-        else:
-            gl.addmm_(gT, haT)
+        _weight_grad(gl, gT, haT, first=first)
         torch.mm(last.WT, gT, out=dh)
         act_bwd(dh, h, t)
         g = dh
         for i in range(len(dec) - 2, -1, -1):
             gl = grads[n_enc + 1 + i]
             aT = bdec[i - 1][1] if i > 0 else b["zaT"]
-            if first:
-                torch.mm(g, aT, out=gl)
-            else:
-                gl.addmm_(g, aT)
+            _weight_grad(gl, g, aT, first=first)
             if i > 0:
                 _, _, h, t, dh, _ = bdec[i - 1]
                 torch.mm(dec[i].WT, g, out=dh)
@@ -469,20 +471,14 @@ class FusedStep:
             g = b["dH"]
         gl = grads[n_enc]
         _, haT, h, t, dh, _ = benc[-1]
-        if first:
-            torch.mm(g, haT, out=gl)
-        else:
-            gl.addmm_(g, haT)
+        _weight_grad(gl, g, haT, first=first)
         torch.mm(head.WT, g, out=dh)
         act_bwd(dh, h, t)
         g = dh
         for i in range(n_enc - 1, 0, -1):
             gl = grads[i]
             _, haT, h, t, dh, _ = benc[i - 1]
-            if first:
-                torch.mm(g, haT, out=gl)
-            else:
-                gl.addmm_(g, haT)
+            _weight_grad(gl, g, haT, first=first)
             torch.mm(enc[i].WT, g, out=dh)
             act_bwd(dh, h, t)
             g = dh
