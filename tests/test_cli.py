@@ -169,3 +169,14 @@ def test_denoise_bad_inputs(tmp_path, capsys, small64):
         assert not (tmp_path / "o.nii.gz").exists(), argv
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.nii.gz")]  # no temporaries
     assert dwi.read_bytes() == before
+
+
+def test_demo_ends_with_the_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    for name in ("models/vae/model.json", "models/dae/model.safetensors", "dwi_vae.nii.gz", "dwi_dae.json",
+                 "comparison.png"):
+        assert (out / name).exists(), name
+    page = (out / "report.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') >= 9 and "dwivae demo (seed 0)" in page
+    assert main(["demo", "--out", str(out)]) == 2 and "not empty" in capsys.readouterr().err

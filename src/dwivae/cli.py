@@ -139,9 +139,34 @@ def cmd_denoise(args: argparse.Namespace) -> None:
                                 uncertainty=args.uncertainty, seed=args.seed, force=args.force,
                                 progress=not args.quiet,
                                 provenance={"Command": shlex.join(["dwivae", *args.argv]),
-                                            "Model": {"path": str(model_path)}})
+                                            "Model": {"path": str(Path(model_path).resolve())},
+                                            "GradientFiles": {"bval": str(Path(bvals).resolve()),
+                                                              "bvec": str(Path(bvecs).resolve())}})
     print(stats.line())
     print("-> " + ", ".join(str(p) for p in paths.values()))
+
+
+def _named_models(paths: Sequence[Path]) -> dict[str, Path]:
+    names = [Path(p).resolve().name for p in paths]
+    if len(set(names)) != len(names):
+        raise InputError(f"model directory names must be distinct, got {', '.join(names)}")
+    return dict(zip(names, paths))
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    from dwivae.report import save_figures
+
+    listing = save_figures(args.out, outputs=args.denoised, models=_named_models(args.models), fmt=args.format,
+                           slices=args.slices, seed=args.seed, force=args.force)
+    print(f"{len(json.loads(listing.read_text())['figures'])} figures -> {args.out}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from dwivae.report import build_report
+
+    out = build_report(args.outputs, args.out, models=_named_models(args.models), fmt=args.format,
+                       slices=args.slices, seed=args.seed, force=args.force)
+    print(f"-> {out}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -157,6 +182,10 @@ EXAMPLES = {
     "evaluate": "dwivae evaluate models/vae32 models/dae32 --out results/",
     "denoise": "dwivae denoise dwi.nii.gz --bvals dwi.bval --bvecs dwi.bvec --model models/vae32 --out dwi_vae.nii.gz\n"
                "  dwivae denoise sub-01_dwi.nii.gz --train --out sub-01_desc-denoised_dwi.nii.gz",
+    "figures": "dwivae figures models/vae32 models/dae32 models/vae32_latent10 --out figures/\n"
+               "  dwivae figures models/vae32 --denoised dwi_vae.nii.gz dwi_dae.nii.gz --slices 22 94 --out figures/",
+    "report": "dwivae report dwi_vae.nii.gz dwi_dae.nii.gz --out report.html\n"
+              "  dwivae report dwi_vae.nii.gz --models models/vae32_nokl --out report.html",
     "demo": "dwivae demo --out demo_out",
 }
 
@@ -233,6 +262,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "whenever the other core is busy)")
     p.add_argument("--seed", type=int, default=0, help="seed for --train and --uncertainty")
     p.set_defaults(run=cmd_denoise)
+
+    def figure_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format", choices=("png", "svg"), default="png", help="figure format (default png)")
+        p.add_argument("--slices", type=int, nargs=2, metavar=("FIRST", "LAST"),
+                       help="axial slice range of the residual histograms (default: all)")
+        p.add_argument("--seed", type=int, default=0, help="fixes the simulated examples")
+
+    p = command("figures", "draw the study's figures for models and denoised outputs")
+    p.add_argument("models", type=Path, nargs="*", help="model directories (loss curves, reconstructions, latents)")
+    p.add_argument("--denoised", type=Path, nargs="+", default=[],
+                   help="outputs of `dwivae denoise` for one input (in-vivo images, residuals, FA)")
+    p.add_argument("--out", type=Path, required=True, help="directory for the figures and figures.json")
+    figure_args(p)
+    p.set_defaults(run=cmd_figures)
+
+    p = command("report", "write a self-contained HTML report of denoised outputs")
+    p.add_argument("outputs", type=Path, nargs="+", help="outputs of `dwivae denoise` for one input")
+    p.add_argument("--models", type=Path, nargs="+", default=[],
+                   help="more model directories to show (e.g. latent 10, trained without KL)")
+    p.add_argument("--out", type=Path, required=True, help="the .html file to write")
+    figure_args(p)
+    p.set_defaults(run=cmd_report)
 
     p = command("demo", "train a VAE and a DAE for DIPY's in-vivo sample, denoise it with both, draw it")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default: demo_out)")

@@ -12,6 +12,7 @@ from dwivae.checkpoint import save_model
 from dwivae.denoise import denoise_file
 from dwivae.errors import InputError
 from dwivae.figures import in_vivo_comparison
+from dwivae.report import build_report
 from dwivae.training import train
 
 SAMPLE = "small_64D"
@@ -27,7 +28,7 @@ def run_demo(
     ----------
     out : path
         Output directory: ``models/vae``, ``models/dae``, ``dwi_vae.nii.gz``, ``dwi_dae.nii.gz``
-        (with residuals and sidecars) and ``comparison.png``.
+        (with residuals and sidecars), ``comparison.png`` and ``report.html``.
     seed : int
     force : bool
         Overwrite the outputs of an earlier run.
@@ -54,15 +55,19 @@ def run_demo(
         s = model.summary
         log(f"trained {arch}: test MSE {s['test_mse']:.4g} in {s['wall_seconds']:.1f} s")
         # The sample is a 10-voxel crop inside the brain: every voxel is tissue, so no mask.
-        denoised, stats = denoise_file(dwi, acq, model, out / f"dwi_{arch}.nii.gz", mask=None, force=True,
-                                       provenance={"Model": {"path": str(paths[f"model_{arch}"])}})
-        paths[arch] = denoised["denoised"]
+        written, stats = denoise_file(dwi, acq, model, out / f"dwi_{arch}.nii.gz", mask=None, force=True,
+                                      provenance={"Command": f"dwivae demo (seed {seed})",
+                                                  "Model": {"path": str(paths[f"model_{arch}"].resolve())},
+                                                  "GradientFiles": {"bval": str(bval), "bvec": str(bvec)}})
+        paths[arch] = written["denoised"]
         log(f"{arch}: {stats.line()}")
     noisy = np.asarray(nib.load(dwi).dataobj, dtype=np.float32)
-    vae, dae = (np.asarray(nib.load(paths[a]).dataobj) for a in ("vae", "dae"))
+    denoised = {a.upper(): np.asarray(nib.load(paths[a]).dataobj) for a in ("vae", "dae")}
     volume = int(np.flatnonzero(~acq.b0_mask)[0])
-    paths["figure"] = in_vivo_comparison(noisy, vae, dae, out / "comparison.png", volume=volume,
+    paths["figure"] = in_vivo_comparison(noisy, denoised, out / "comparison.png", volume=volume,
                                          bvalue=float(acq.bvals[volume]))
     log(f"figure: {paths['figure']}")
+    paths["report"] = build_report([paths["vae"], paths["dae"]], out / "report.html", seed=seed, force=True)
+    log(f"report: {paths['report']}")
     return paths
 

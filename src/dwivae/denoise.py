@@ -19,6 +19,7 @@ import torch
 from dwivae._version import __version__
 from dwivae.acquisition import Acquisition
 from dwivae.checkpoint import model_fingerprint
+from dwivae.dataset import normalise_by_b0
 from dwivae.errors import InputError
 from dwivae.training import TrainedModel
 
@@ -89,8 +90,7 @@ def denoise_signals(
         raise InputError("posterior samples (--uncertainty) need a VAE; this model is a DAE")
     x = np.asarray(signals, dtype=np.float32)
     b0 = acq.b0_mask
-    s0 = x[:, b0].mean(axis=1)
-    valid = np.isfinite(x).all(axis=1) & (s0 > 0)
+    normalised, s0, valid = normalise_by_b0(x, acq)
     out = x.copy()
     std = np.zeros_like(x) if posterior_samples else None
     rows = np.flatnonzero(valid)
@@ -98,8 +98,7 @@ def denoise_signals(
     for start in range(0, len(rows), batch_size):
         idx = rows[start:start + batch_size]
         scale = torch.from_numpy(s0[idx])[:, None]
-        normalised = torch.from_numpy(x[idx]) / scale
-        mu, logvar = network.encode(normalised)
+        mu, logvar = network.encode(torch.from_numpy(normalised[idx]))
         denoised = network.decode(mu) * scale
         if not denoise_b0:
             denoised[:, torch.from_numpy(b0)] = torch.from_numpy(x[idx][:, b0])

@@ -387,15 +387,15 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def write_json_atomic(path: str | PathLike[str], obj: Any, *, force: bool = False) -> Path:
-    """Write a JSON sidecar atomically (temporary file next to it, then rename).
+def write_text_atomic(path: str | PathLike[str], text: str, *, force: bool = False) -> Path:
+    """Write a text file atomically (temporary file next to it, then rename).
 
     Parameters
     ----------
     path : str or PathLike
-        Output ``.json`` file.
-    obj : JSON-serialisable
-        Content; numpy scalars and arrays and paths are converted.
+        Output file.
+    text : str
+        Content, written as UTF-8.
     force : bool
         Replace an existing file.
 
@@ -410,16 +410,22 @@ def write_json_atomic(path: str | PathLike[str], obj: Any, *, force: bool = Fals
         If the directory is missing, or the file exists and ``force`` is False.
     """
     path = check_output(path, force=force)
-    temp = _temp_path(path, ".json")
+    temp = _temp_path(path, path.suffix)
     try:
-        with open(temp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.write("\n")
+        temp.write_text(text, encoding="utf-8")
         _commit(temp, path, like_img=None, force=force)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | PathLike[str], obj: Any, *, force: bool = False) -> Path:
+    """Write a JSON file atomically; numpy scalars and arrays and paths are converted.
+
+    See :func:`write_text_atomic` for the parameters and errors.
+    """
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n", force=force)
 
 
 def sidecar_path(nifti_path: str | PathLike[str]) -> Path:

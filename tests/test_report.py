@@ -1,0 +1,127 @@
+"""Figures and the HTML report on real data, checked in headless Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import real_sample
+from dwivae.acquisition import load_acquisition
+from dwivae.checkpoint import save_model
+from dwivae.cli import main
+from dwivae.denoise import denoise_file
+from dwivae.report import build_report, changed_voxels, volume_figures
+
+ARTIFACTS = Path(os.environ.get("DWIVAE_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking")
+
+
+@pytest.fixture(scope="module")
+def demo_outputs(tmp_path_factory, trained_for):
+    """VAE and DAE model directories and their denoised outputs of DIPY's small_64D."""
+    out = tmp_path_factory.mktemp("report")
+    dwi, bval, bvec = real_sample("small_64D")
+    acq = load_acquisition(bval, bvec)
+    outputs, models = [], {}
+    for arch in ("vae", "dae"):
+        model = trained_for("small_64D", arch)
+        models[arch] = save_model(model, out / arch)
+        written, _ = denoise_file(dwi, acq, model, out / f"dwi_{arch}.nii.gz", mask=None,
+                                  provenance={"Model": {"path": str(models[arch])}, "Command": f"test {arch}",
+                                              "GradientFiles": {"bval": str(bval), "bvec": str(bvec)}})
+        outputs.append(written["denoised"])
+    return out, outputs, models
+
+
+def open_in_chromium(page: Path, screenshot: Path) -> tuple[list[dict], list[list]]:
+    """Load a page in headless Chromium; return its console messages and each image's (complete, naturalWidth)."""
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver must be installed in CI (.ci/run installs them)")
+        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, "--window-size=1300,2400"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.get(page.resolve().as_uri())
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src.slice(0, 22)])")
+        logs = browser.get_log("browser")
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(screenshot))
+    finally:
+        browser.quit()
+    return logs, images
+
+
+def test_report_opens_in_chromium_with_every_image(demo_outputs):
+    out, outputs, _ = demo_outputs
+    report = build_report(outputs, out / "report.html", seed=0)
+    page = report.read_text()
+    assert "src=\"http" not in page and "<link" not in page and "<script" not in page  # self-contained
+    n_embedded = len(re.findall(r'<img src="data:image/png;base64,', page))
+    assert n_embedded >= 9  # images, residual maps, histograms, FA, loss, reconstructions, 2 x influence, latents
+    for heading in ("What was run", "Key numbers", "In-vivo results", "Models"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "test vae" in page and load_acquisition(*real_sample("small_64D")[1:]).fingerprint() in page
+    logs, images = open_in_chromium(report, ARTIFACTS / "report.png")
+    assert [entry for entry in logs if entry["level"] in ("SEVERE", "WARNING")] == []
+    assert len(images) == n_embedded
+    assert all(complete and width > 0 for complete, width, _ in images), images
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_volume_numbers_are_the_residuals_shown(demo_outputs, tmp_path):
+    _, outputs, _ = demo_outputs
+    dwi, bval, bvec = real_sample("small_64D")
+    acq = load_acquisition(bval, bvec)
+    noisy = np.asarray(nib.load(dwi).dataobj, dtype=np.float32)
+    denoised = {"VAE": np.asarray(nib.load(outputs[0]).dataobj)}
+    figs, numbers = volume_figures(noisy, denoised, acq, tmp_path, fmt="svg", slices=(2, 5))
+    assert {f.path.suffix for f in figs} == {".svg"} and all(f.path.exists() for f in figs)
+    mask = changed_voxels(noisy, denoised, ~acq.b0_mask)
+    mask[:, :, :2] = mask[:, :, 6:] = False
+    residual = (denoised["VAE"] - noisy)[mask][:, ~acq.b0_mask]
+    assert numbers["VAE"]["residual_mean"] == pytest.approx(float(residual.mean()), rel=1e-5)
+    assert numbers["VAE"]["residual_sd"] == pytest.approx(float(residual.std()), rel=1e-5)
+    assert numbers["noisy"]["fa_mean"] > 0
+
+
+def test_figures_command_lists_what_it_drew(demo_outputs, tmp_path, capsys):
+    _, outputs, models = demo_outputs
+    out = tmp_path / "figs"
+    argv = ["figures", str(models["vae"]), str(models["dae"]), "--denoised", *map(str, outputs), "--out", str(out)]
+    assert main(argv) == 0
+    listing = json.loads((out / "figures.json").read_text())
+    files = [entry["file"] for entry in listing["figures"]]
+    assert {"loss_curves.png", "reconstructions.png", "latent_gaussians.png", "in_vivo.png",
+            "residual_maps.png", "residual_histograms.png", "fa_maps.png"} <= set(files)
+    assert all((out / f).stat().st_size > 5_000 for f in files)
+    assert set(listing["numbers"]["models"]) == {"vae", "dae"}
+    assert listing["numbers"]["models"]["vae"]["latent_statistics"]["n_active"] >= 1
+    assert main(argv) == 2 and "pass --force" in capsys.readouterr().err
+
+
+def test_report_and_figures_bad_input(demo_outputs, tmp_path, capsys):
+    out, outputs, _ = demo_outputs
+    assert main(["figures", "--out", str(tmp_path / "f")]) == 2
+    assert "nothing to draw" in capsys.readouterr().err
+    bare = tmp_path / "bare.nii.gz"
+    shutil.copy(outputs[0], bare)
+    assert main(["report", str(bare), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no sidecar bare.json" in err[0]
+    assert main(["report", str(outputs[0]), "--format", "gif", "--out", str(tmp_path / "r.html")]) == 2
+    assert not (tmp_path / "r.html").exists()
