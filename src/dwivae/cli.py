@@ -169,6 +169,37 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"-> {out}")
 
 
+def cmd_phantom(args: argparse.Namespace) -> None:
+    from dwivae.phantom import make_phantom, write_phantom
+
+    acq = _acquisition(args)
+    if (args.out / "phantom.json").exists() and not args.force:
+        raise InputError(f"{args.out} already holds a phantom; pass --force to overwrite it")
+    phantom = make_phantom(acq, shape=tuple(args.shape), snr=args.snr, noise=args.noise, coils=args.coils,
+                           seed=args.seed)
+    settings = {"snr": args.snr, "noise": args.noise, "coils": args.coils, "seed": args.seed,
+                "command": shlex.join(["dwivae", *args.argv])}
+    write_phantom(phantom, acq, args.out, settings=settings, force=args.force)
+    print(f"phantom {'x'.join(map(str, args.shape))} for {acq.describe()}, {args.noise} noise, SNR {args.snr:g} "
+          f"(sigma {phantom.sigma:g}) -> {args.out}")
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from dwivae.benchmark import format_markdown, run_benchmark, write_results
+    from dwivae.checkpoint import load_model
+
+    for name in ("results.json", "results.md"):
+        _refuse_existing(args.out / name, args.force)
+    models = [load_model(path) for path in args.models]
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = run_benchmark(args.phantom, methods=args.methods, models=models, threads=args.threads,
+                            seed=args.seed, log=(lambda line: None) if args.quiet else print, fa_maps=args.out)
+    results["command"] = shlex.join(["dwivae", *args.argv])
+    write_results(results, args.out, force=True)
+    print(format_markdown(results))
+    print(f"-> {args.out / 'results.json'}, {args.out / 'results.md'}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from dwivae.demo import run_demo
 
@@ -186,6 +217,8 @@ EXAMPLES = {
                "  dwivae figures models/vae32 --denoised dwi_vae.nii.gz dwi_dae.nii.gz --slices 22 94 --out figures/",
     "report": "dwivae report dwi_vae.nii.gz dwi_dae.nii.gz --out report.html\n"
               "  dwivae report dwi_vae.nii.gz --models models/vae32_nokl --out report.html",
+    "phantom": "dwivae phantom --protocol seed32 --shape 96 96 50 --snr 20 --noise rician --out phantoms/seed32_snr20",
+    "benchmark": "dwivae benchmark --phantom phantoms/seed32_snr20 --methods vae dae mppca dwidenoise --out bench/",
     "demo": "dwivae demo --out demo_out",
 }
 
@@ -284,6 +317,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the .html file to write")
     figure_args(p)
     p.set_defaults(run=cmd_report)
+
+    p = command("phantom", "simulate a brain-like phantom with ground truth (tensors, fibres, tissue labels)")
+    _protocol_args(p)
+    p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 50], metavar=("X", "Y", "Z"))
+    p.add_argument("--snr", type=float, default=20.0, help="S0 / sigma in white matter (default 20)")
+    p.add_argument("--noise", choices=("gaussian", "rician", "nc-chi"), default="rician")
+    p.add_argument("--coils", type=int, default=1, help="receiver channels of nc-chi noise")
+    p.add_argument("--seed", type=int, default=0, help="fixes the noise")
+    p.add_argument("--out", type=Path, required=True, help="phantom directory")
+    p.set_defaults(run=cmd_phantom)
+
+    from dwivae.baselines import METHODS
+    p = command("benchmark", "score denoisers on phantoms against the ground truth (FA, MD, direction, RMSE)")
+    p.add_argument("--phantom", type=Path, nargs="+", required=True, help="phantom directories")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="methods to run (default: all; noisy is always scored)")
+    p.add_argument("--models", type=Path, nargs="+", default=[],
+                   help="model directories for vae/dae (default: the cached model of each protocol, "
+                        "trained first if missing)")
+    p.add_argument("--threads", type=int, default=1, help="threads for dwidenoise (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of models trained here")
+    p.add_argument("--out", type=Path, required=True, help="directory for results.json, results.md, FA maps")
+    p.set_defaults(run=cmd_benchmark)
 
     p = command("demo", "train a VAE and a DAE for DIPY's in-vivo sample, denoise it with both, draw it")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default: demo_out)")

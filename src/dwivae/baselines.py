@@ -1,0 +1,215 @@
+"""The denoisers we compare with, behind one call: ``run_method(name, data, acq, mask=...)``.
+
+``noisy`` (no denoising: the floor), ``vae`` and ``dae`` (ours), ``mppca`` (DIPY's Marchenko-
+Pastur PCA), ``dwidenoise`` (MRtrix3's binary, run as a user runs it), ``patch2self`` (DIPY) and
+``svd`` (a linear subspace fitted on simulated signals: the linear counterpart of our networks).
+A method that cannot run here is reported as skipped with the reason; an output that fails the
+sanity checks is reported as broken and never scored.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from dwivae.acquisition import Acquisition
+from dwivae.dataset import normalise_by_b0
+from dwivae.errors import InputError
+from dwivae.simulate import random_tensors, tensor_signals
+from dwivae.training import TrainedModel
+
+METHODS = ("noisy", "vae", "dae", "mppca", "dwidenoise", "patch2self", "svd")
+SVD_RANK = 7
+"""Components of the linear subspace: the networks' latent size."""
+
+
+@dataclass
+class MethodResult:
+    """What one method did to one volume.
+
+    Attributes
+    ----------
+    name : str
+    status : {"ok", "skipped", "broken"}
+    denoised : (X, Y, Z, N) ndarray or None
+        None unless ``status == "ok"``.
+    seconds : float
+        Wall time of the method alone (for ``dwidenoise``: writing its input, the binary and
+        reading its output back).
+    note : str
+        Why it was skipped or broken, or how it was run.
+    """
+
+    name: str
+    status: str
+    denoised: np.ndarray | None = None
+    seconds: float = 0.0
+    note: str = ""
+
+
+class Skipped(Exception):
+    """A method that cannot run on this machine (missing binary or package)."""
+
+
+def _ours(data: np.ndarray, acq: Acquisition, mask: np.ndarray, model: TrainedModel | None) -> tuple[np.ndarray, str]:
+    from dwivae.denoise import denoise
+    if model is None:
+        raise InputError("vae and dae need a trained model for the protocol")
+    return denoise(data, acq, model, mask=mask), f"{model.model_config.arch}, latent {model.model_config.latent}"
+
+
+def _mppca(data: np.ndarray, acq: Acquisition, mask: np.ndarray, threads: int) -> tuple[np.ndarray, str]:
+    from dipy.denoise.localpca import mppca
+    out = mppca(data, mask=mask, patch_radius=2)
+    return np.where(mask[..., None], out, data).astype(np.float32), "DIPY localpca.mppca, patch radius 2"
+
+
+def _dwidenoise(data: np.ndarray, acq: Acquisition, mask: np.ndarray, threads: int) -> tuple[np.ndarray, str]:
+    binary = shutil.which("dwidenoise")
+    if binary is None:
+        raise Skipped("MRtrix3 is not installed (Debian: apt-get install mrtrix3)")
+    with tempfile.TemporaryDirectory(prefix="dwivae-dwidenoise-") as tmp:
+        affine = np.eye(4)
+        nib.save(nib.Nifti1Image(data.astype(np.float32), affine), f"{tmp}/in.nii")
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), f"{tmp}/mask.nii")
+        run = subprocess.run([binary, f"{tmp}/in.nii", f"{tmp}/out.nii", "-mask", f"{tmp}/mask.nii",
+                              "-nthreads", str(threads), "-quiet", "-force"], capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"dwidenoise failed: {run.stderr.strip()[-300:]}")
+        out = np.asarray(nib.load(f"{tmp}/out.nii").dataobj, dtype=np.float32)
+    version = subprocess.run([binary, "-version"], capture_output=True, text=True).stdout.splitlines()
+    return np.where(mask[..., None], out, data), f"{version[0] if version else 'dwidenoise'}, -nthreads {threads}"
+
+
+@contextlib.contextmanager
+def _ridge_copying_x() -> Iterator[None]:
+    """Make DIPY's Patch2Self fit ``Ridge(copy_X=True)``.
+
+    DIPY 1.12.1 builds ``Ridge(copy_X=False)`` for 'ols' and then predicts on the very matrix
+    the fit centred in place; with scikit-learn >= 1.9 that shifts every output volume.
+    """
+    from types import SimpleNamespace
+
+    import dipy.denoise.patch2self as p2s
+    from sklearn import linear_model
+    from sklearn.base import BaseEstimator
+
+    def ridge(*args, **kwargs):
+        return linear_model.Ridge(*args, **{**kwargs, "copy_X": True})
+
+    original = p2s.linear_model
+    p2s.linear_model = SimpleNamespace(Ridge=ridge, Lasso=linear_model.Lasso, BaseEstimator=BaseEstimator)
+    try:
+        yield
+    finally:
+        p2s.linear_model = original
+
+
+def _patch2self(data: np.ndarray, acq: Acquisition, mask: np.ndarray, threads: int) -> tuple[np.ndarray, str]:
+    try:
+        import sklearn  # noqa: F401  (Patch2Self's regressions)
+    except ImportError as err:
+        raise Skipped("scikit-learn is not installed (pip install 'dwivae[bench]')") from err
+    from dipy.denoise.patch2self import patch2self
+    # Version 1: DIPY 1.12.1's default version 3 returns its last two volumes as copies of two
+    # earlier ones (DIPY issue #3968).
+    with _ridge_copying_x():
+        out = patch2self(data, acq.bvals, model="ols", version=1, shift_intensity=False, clip_negative_vals=True)
+    return np.where(mask[..., None], out, data).astype(np.float32), "DIPY patch2self version 1, OLS (copy_X fixed)"
+
+
+def svd_basis(acq: Acquisition, *, rank: int = SVD_RANK, n: int = 100_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (N,) and top ``rank`` principal directions (rank, N) of simulated clean signals (S0 = 1)."""
+    signals = tensor_signals(random_tensors(n, rng=np.random.default_rng(seed)), acq).astype(np.float64)
+    mean = signals.mean(axis=0)
+    _, _, vt = np.linalg.svd(signals - mean, full_matrices=False)
+    return mean, vt[:rank]
+
+
+def _svd(data: np.ndarray, acq: Acquisition, mask: np.ndarray, threads: int) -> tuple[np.ndarray, str]:
+    mean, basis = svd_basis(acq)
+    signals = data[mask]
+    normalised, s0, valid = normalise_by_b0(signals, acq)
+    x = normalised[valid].astype(np.float64) - mean
+    projected = (x @ basis.T @ basis + mean) * s0[valid, None]
+    denoised = signals.copy()
+    dw = ~acq.b0_mask
+    denoised[np.flatnonzero(valid)[:, None], np.flatnonzero(dw)] = projected[:, dw]
+    out = data.copy()
+    out[mask] = denoised
+    return out, f"projection on {basis.shape[0]} principal components of {100_000} simulated tensor signals"
+
+
+def _broken(out: np.ndarray, data: np.ndarray, acq: Acquisition, mask: np.ndarray) -> str | None:
+    """Why a denoised series cannot be scored, or None when it passes the checks."""
+    if out.shape != data.shape:
+        return f"returned shape {out.shape}, not the input's {data.shape}"
+    inside, source = out[mask], data[mask]
+    if not np.isfinite(inside).all():
+        return "non-finite values in the mask"
+    dw = np.flatnonzero(~acq.b0_mask)
+    for a in range(len(dw)):
+        for b in range(a + 1, len(dw)):
+            if np.array_equal(inside[:, dw[a]], inside[:, dw[b]]) and not np.array_equal(source[:, dw[a]], source[:, dw[b]]):
+                return f"volume {dw[b]} is a copy of volume {dw[a]}"
+    return None
+
+
+def mean_shift(out: np.ndarray, data: np.ndarray, mask: np.ndarray) -> float:
+    """Largest relative change of a volume's mean in the mask (0.1: 10 %).
+
+    A denoiser removes zero-mean noise, so the means barely move; a large shift is a bias (or
+    a bug such as DIPY 1.12.1's Patch2Self 'ols' with scikit-learn 1.9). Reported, not hidden.
+    """
+    before, after = data[mask].mean(axis=0), out[mask].mean(axis=0)
+    return float(np.max(np.abs(after - before) / np.maximum(np.abs(before), 1e-6)))
+
+
+def run_method(name: str, data: np.ndarray, acq: Acquisition, *, mask: np.ndarray,
+               model: TrainedModel | None = None, threads: int = 1) -> MethodResult:
+    """Denoise ``data`` with one method, timed and checked.
+
+    Parameters
+    ----------
+    name : str
+        One of ``METHODS``.
+    data : (X, Y, Z, N) ndarray
+    acq : Acquisition
+    mask : (X, Y, Z) bool ndarray
+        Voxels to denoise (outside it every method returns the input).
+    model : TrainedModel, optional
+        The network for ``vae`` and ``dae``.
+    threads : int
+        Threads that ``dwidenoise`` may use.
+
+    Returns
+    -------
+    MethodResult
+    """
+    if name not in METHODS:
+        raise InputError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+    data = np.asarray(data, dtype=np.float32)
+    if name == "noisy":
+        return MethodResult(name, "ok", data, 0.0, "no denoising")
+    started = time.perf_counter()
+    try:
+        if name in ("vae", "dae"):
+            out, note = _ours(data, acq, mask, model)
+        else:
+            out, note = {"mppca": _mppca, "dwidenoise": _dwidenoise, "patch2self": _patch2self,
+                         "svd": _svd}[name](data, acq, mask, threads)
+    except Skipped as why:
+        return MethodResult(name, "skipped", note=str(why))
+    seconds = time.perf_counter() - started
+    problem = _broken(out, data, acq, mask)
+    if problem is not None:
+        return MethodResult(name, "broken", None, seconds, f"{note}: {problem}")
+    return MethodResult(name, "ok", out, seconds, note)

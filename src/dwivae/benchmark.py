@@ -1,0 +1,177 @@
+"""Score denoisers on phantoms against their ground truth: signal error, DTI errors, time.
+
+For each phantom and method: signal RMSE and PSNR against the clean series in the head mask; the
+DTI fit (DIPY ``TensorModel``, WLS) of the method's output against the fit of the clean series:
+FA and MD mean absolute error per tissue class, principal-direction angular error in single-fibre
+white matter; and the method's wall time. ``results.json`` holds the numbers ``results.md``
+prints.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from dwivae import io
+from dwivae._version import __version__
+from dwivae.acquisition import Acquisition, load_acquisition
+from dwivae.baselines import METHODS, mean_shift, run_method
+from dwivae.checkpoint import load_or_train
+from dwivae.errors import InputError
+from dwivae.phantom import LABELS
+from dwivae.training import TrainedModel
+
+TISSUES = {name: value for value, name in LABELS.items() if value}
+
+
+def load_phantom(path: str | PathLike[str]) -> dict:
+    """A phantom directory written by ``dwivae phantom``: arrays, protocol and settings."""
+    path = Path(path)
+    if not (path / "phantom.json").is_file():
+        raise InputError(f"{path} is not a phantom directory (no phantom.json): make one with `dwivae phantom`")
+    info = json.loads((path / "phantom.json").read_text())
+    arrays = {name: np.asarray(nib.load(path / f"{name}.nii.gz").dataobj, dtype=np.float32)
+              for name in ("dwi", "clean", "labels")}
+    acq = load_acquisition(path / "dwi.bval", path / "dwi.bvec")
+    return {"name": path.name, "info": info, "acq": acq, "noisy": arrays["dwi"], "clean": arrays["clean"],
+            "labels": np.rint(arrays["labels"]).astype(np.uint8)}
+
+
+def dti_fit(data: np.ndarray, acq: Acquisition, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """FA, MD (mm²/s) and principal eigenvector of DIPY's WLS tensor fit in ``mask``."""
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dti import TensorModel
+    bvecs = np.where(np.isfinite(acq.bvecs), acq.bvecs, 0.0)
+    gtab = gradient_table(acq.bvals, bvecs=bvecs, b0_threshold=acq.b0_threshold)
+    fit = TensorModel(gtab, fit_method="WLS").fit(data[mask])
+    return {"fa": np.nan_to_num(fit.fa), "md": fit.md, "v1": fit.evecs[..., 0]}
+
+
+def score(denoised: np.ndarray, clean: np.ndarray, labels: np.ndarray, reference: Mapping[str, np.ndarray],
+          acq: Acquisition) -> dict:
+    """Errors of one denoised series against the clean one and its DTI fit ``reference``."""
+    mask = labels > 0
+    err = denoised[mask] - clean[mask]
+    rmse = float(np.sqrt(np.mean(err ** 2)))
+    fit = dti_fit(denoised, acq, mask)
+    tissue = labels[mask]
+    fa_err = np.abs(fit["fa"] - reference["fa"])
+    md_err = np.abs(fit["md"] - reference["md"])
+    wm = tissue == TISSUES["WM"]
+    cosine = np.abs(np.sum(fit["v1"][wm] * reference["v1"][wm], axis=-1)).clip(0, 1)
+    return {
+        "signal_rmse": rmse,
+        "psnr_db": float(20 * np.log10(clean[mask].max() / rmse)) if rmse > 0 else float("inf"),
+        "fa_mae": {name: float(fa_err[tissue == v].mean()) for name, v in TISSUES.items()} | {"all": float(fa_err.mean())},
+        "md_mae": {name: float(md_err[tissue == v].mean()) for name, v in TISSUES.items()} | {"all": float(md_err.mean())},
+        "angle_wm_deg": float(np.degrees(np.arccos(cosine)).mean()),
+    }
+
+
+def _model_for(arch: str, acq: Acquisition, given: Sequence[TrainedModel], seed: int,
+               log: Callable[[str], None]) -> TrainedModel:
+    for model in given:
+        if model.model_config.arch == arch and model.acquisition.mismatch(acq) is None:
+            return model
+    model, path = load_or_train(acq, arch=arch, seed=seed)
+    log(f"{arch} for {acq.describe()}: {path}")
+    return model
+
+
+def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[str] = METHODS,
+                  models: Sequence[TrainedModel] = (), threads: int = 1, seed: int = 0,
+                  log: Callable[[str], None] = print, fa_maps: Path | None = None) -> dict:
+    """Run and score every method on every phantom.
+
+    Parameters
+    ----------
+    phantoms : sequence of path
+        Phantom directories.
+    methods : sequence of str
+        From ``METHODS``; ``noisy`` is always scored (the floor).
+    models : sequence of TrainedModel
+        Networks to use for ``vae``/``dae`` when their protocol matches a phantom's; otherwise
+        the cached model for the protocol is used, trained first if there is none.
+    threads : int
+        Threads for ``dwidenoise`` (the other methods run as they come).
+    seed : int
+        Seed of the models trained here.
+    log : callable
+    fa_maps : Path, optional
+        Directory for a figure of each phantom's FA maps, side by side.
+
+    Returns
+    -------
+    dict
+        ``{"dwivae_version", "phantoms": {name: {"settings", "methods": {method: {...}}}}}``.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+    methods = ["noisy", *[m for m in dict.fromkeys(methods) if m != "noisy"]]
+    results: dict = {"dwivae_version": __version__, "threads": threads, "phantoms": {}}
+    for path in phantoms:
+        phantom = load_phantom(path)
+        acq, labels, clean = phantom["acq"], phantom["labels"], phantom["clean"]
+        mask = labels > 0
+        reference = dti_fit(clean, acq, mask)
+        entry = {"settings": {k: phantom["info"].get(k) for k in ("snr", "noise", "coils", "seed", "shape", "sigma")}
+                 | {"protocol": acq.describe()}, "methods": {}}
+        maps = {"clean": _fa_slice(reference["fa"], mask)}
+        for method in methods:
+            model = _model_for(method, acq, models, seed, log) if method in ("vae", "dae") else None
+            result = run_method(method, phantom["noisy"], acq, mask=mask, model=model, threads=threads)
+            row = {"status": result.status, "note": result.note, "seconds": result.seconds}
+            if result.status == "ok":
+                row |= score(result.denoised, clean, labels, reference, acq)
+                row["mean_shift"] = mean_shift(result.denoised, phantom["noisy"], mask)
+                maps[method] = _fa_slice(dti_fit(result.denoised, acq, mask)["fa"], mask)
+                log(f"{phantom['name']} {method}: FA error {row['fa_mae']['all']:.4f}, RMSE {row['signal_rmse']:.2f}, "
+                    f"{result.seconds:.1f} s")
+            else:
+                log(f"{phantom['name']} {method}: {result.status} ({result.note})")
+            entry["methods"][method] = row
+        if fa_maps is not None:
+            from dwivae.figures import map_grid
+            map_grid(maps, fa_maps / f"fa_maps_{phantom['name']}.png", label="FA", vmin=0.0, vmax=1.0,
+                     title=f"{phantom['name']}: FA, middle slice (WLS fit)")
+        results["phantoms"][phantom["name"]] = entry
+    return results
+
+
+def _fa_slice(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    volume = np.zeros(mask.shape)
+    volume[mask] = values
+    return volume[:, :, mask.shape[2] // 2]
+
+
+def format_markdown(results: Mapping) -> str:
+    """The results as Markdown tables, one per phantom (the numbers of ``results.json``)."""
+    lines = []
+    for name, entry in results["phantoms"].items():
+        s = entry["settings"]
+        lines += [f"### {name}: {s['protocol']}, {s['noise']} noise, SNR {s['snr']:g}", "",
+                  "| method | RMSE | PSNR dB | FA err WM | FA err GM | FA err CSF | FA err crossing | "
+                  "MD err WM (1e-6 mm²/s) | MD err GM | MD err CSF | angle WM (deg) | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for method, row in entry["methods"].items():
+            if row["status"] != "ok":
+                lines.append(f"| {method} | {row['status']}: {row['note']} |" + " |" * 10)
+                continue
+            fa_cells = " | ".join(f"{row['fa_mae'][t]:.4f}" for t in ("WM", "GM", "CSF", "crossing"))
+            md_cells = " | ".join(f"{row['md_mae'][t] * 1e6:.1f}" for t in ("WM", "GM", "CSF"))
+            lines.append(f"| {method} | {row['signal_rmse']:.2f} | {row['psnr_db']:.1f} | {fa_cells} | {md_cells} | "
+                         f"{row['angle_wm_deg']:.2f} | {row['seconds']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(results: Mapping, out: str | PathLike[str], *, force: bool = False) -> dict[str, Path]:
+    """``results.json`` and ``results.md`` in ``out``."""
+    out = Path(out)
+    return {"json": io.write_json_atomic(out / "results.json", results, force=force),
+            "md": io.write_text_atomic(out / "results.md", format_markdown(results), force=force)}
