@@ -66,14 +66,24 @@ def open_in_chromium(page: Path, screenshot: Path) -> tuple[list[dict], list[lis
     return logs, images
 
 
-def test_report_opens_in_chromium_with_every_image(demo_outputs):
+@pytest.fixture(scope="module")
+def benchmark_dir(tmp_path_factory):
+    """A benchmark run (noisy and SVD) on a small phantom."""
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["phantom", "--protocol", "seed32", "--shape", "16", "16", "8", "--out", str(out / "ph")]) == 0
+    assert main(["benchmark", "--phantom", str(out / "ph"), "--methods", "svd", "--quiet", "--out", str(out / "b")]) == 0
+    return out / "b"
+
+
+def test_report_opens_in_chromium_with_every_image(demo_outputs, benchmark_dir):
     out, outputs, _ = demo_outputs
-    report = build_report(outputs, out / "report.html", seed=0)
+    report = build_report(outputs, out / "report.html", benchmark=benchmark_dir, seed=0)
     page = report.read_text()
     assert "src=\"http" not in page and "<link" not in page and "<script" not in page  # self-contained
     n_embedded = len(re.findall(r'<img src="data:image/png;base64,', page))
-    assert n_embedded >= 9  # images, residual maps, histograms, FA, loss, reconstructions, 2 x influence, latents
-    for heading in ("What was run", "Key numbers", "In-vivo results", "Models"):
+    # images, residual maps, histograms, FA, loss, reconstructions, 2 x influence, latents, benchmark bars + FA maps
+    assert n_embedded >= 11
+    for heading in ("What was run", "Key numbers", "In-vivo results", "Models", "Phantom benchmark"):
         assert f"<h2>{heading}</h2>" in page
     assert "test vae" in page and load_acquisition(*real_sample("small_64D")[1:]).fingerprint() in page
     logs, images = open_in_chromium(report, ARTIFACTS / "report.png")
@@ -112,6 +122,16 @@ def test_figures_command_lists_what_it_drew(demo_outputs, tmp_path, capsys):
     assert set(listing["numbers"]["models"]) == {"vae", "dae"}
     assert listing["numbers"]["models"]["vae"]["latent_statistics"]["n_active"] >= 1
     assert main(argv) == 2 and "pass --force" in capsys.readouterr().err
+
+
+def test_figures_of_a_benchmark(benchmark_dir, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert main(["figures", "--benchmark", str(benchmark_dir), "--format", "svg", "--out", str(out)]) == 0
+    files = [entry["file"] for entry in json.loads((out / "figures.json").read_text())["figures"]]
+    assert files == ["benchmark_ph.svg", "fa_maps_ph.png"]
+    assert all((out / f).stat().st_size > 5_000 for f in files)
+    assert main(["figures", "--benchmark", str(tmp_path), "--out", str(tmp_path / "g")]) == 2
+    assert "no results.json" in capsys.readouterr().err
 
 
 def test_report_and_figures_bad_input(demo_outputs, tmp_path, capsys):

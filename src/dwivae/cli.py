@@ -156,16 +156,17 @@ def _named_models(paths: Sequence[Path]) -> dict[str, Path]:
 def cmd_figures(args: argparse.Namespace) -> None:
     from dwivae.report import save_figures
 
-    listing = save_figures(args.out, outputs=args.denoised, models=_named_models(args.models), fmt=args.format,
-                           slices=args.slices, seed=args.seed, force=args.force)
+    listing = save_figures(args.out, outputs=args.denoised, models=_named_models(args.models),
+                           benchmark=args.benchmark, fmt=args.format, slices=args.slices, seed=args.seed,
+                           force=args.force)
     print(f"{len(json.loads(listing.read_text())['figures'])} figures -> {args.out}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from dwivae.report import build_report
 
-    out = build_report(args.outputs, args.out, models=_named_models(args.models), fmt=args.format,
-                       slices=args.slices, seed=args.seed, force=args.force)
+    out = build_report(args.outputs, args.out, models=_named_models(args.models), benchmark=args.benchmark,
+                       fmt=args.format, slices=args.slices, seed=args.seed, force=args.force)
     print(f"-> {out}")
 
 
@@ -301,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--slices", type=int, nargs=2, metavar=("FIRST", "LAST"),
                        help="axial slice range of the residual histograms (default: all)")
         p.add_argument("--seed", type=int, default=0, help="fixes the simulated examples")
+        p.add_argument("--benchmark", type=Path, help="output directory of `dwivae benchmark` to draw")
 
     p = command("figures", "draw the study's figures for models and denoised outputs")
     p.add_argument("models", type=Path, nargs="*", help="model directories (loss curves, reconstructions, latents)")

@@ -308,3 +308,34 @@ def latent_influence(traversal: np.ndarray, influence: np.ndarray, out: Out, *, 
     fig.supylabel("decoded S/S0")
     fig.suptitle(f"{name}: each latent moved from the mean code, the others fixed")
     return _save(fig, out)
+
+
+def benchmark_errors(methods: Mapping[str, dict], out: Out, *, title: str) -> Path:
+    """FA and MD errors per tissue class and wall time of each method on one phantom.
+
+    Parameters
+    ----------
+    methods : mapping of str to dict
+        Rows of ``results.json`` (``fa_mae``, ``md_mae``: per tissue; ``seconds``), by method;
+        rows whose ``status`` is not ``ok`` are left out.
+    title : str
+    """
+    plt = _pyplot()
+    rows = {k: v for k, v in methods.items() if v.get("status") == "ok"}
+    tissues = ["WM", "GM", "CSF", "crossing"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    width = 0.8 / max(len(rows), 1)
+    x = np.arange(len(tissues))
+    for k, (name, row) in enumerate(rows.items()):
+        axes[0].bar(x + k * width, [row["fa_mae"][t] for t in tissues], width, label=name, color=f"C{k}")
+        axes[1].bar(x + k * width, [row["md_mae"][t] * 1e6 for t in tissues], width, color=f"C{k}")
+        axes[2].bar(k, max(row["seconds"], 1e-3), color=f"C{k}")
+    for ax, label in zip(axes[:2], ("FA mean absolute error", "MD mean absolute error (1e-6 mm²/s)")):
+        ax.set_xticks(x + 0.4 - width / 2, tissues)
+        ax.set_ylabel(label)
+    axes[1].set_yscale("log")
+    axes[2].set_xticks(range(len(rows)), list(rows), rotation=30)
+    axes[2].set(yscale="log", ylabel="wall time (s)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, out)

@@ -12,6 +12,7 @@ import datetime as dt
 import html
 import json
 import platform
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -152,6 +153,33 @@ def model_figures(models: Mapping[str, TrainedModel], out_dir: str | PathLike[st
                             "over the data). Compare latent 7 with 10, and a model trained without KL "
                             "(--beta-max 0; the study's Figures 7 and 9)."))
     return drawn, numbers
+
+
+def benchmark_figures(results_dir: str | PathLike[str], out_dir: str | PathLike[str], *,
+                      fmt: str = "png") -> tuple[list[Figure], dict]:
+    """Figures of a ``dwivae benchmark`` run: errors per tissue and method, and its FA maps.
+
+    Returns
+    -------
+    figures : list of Figure
+    results : dict
+        The run's ``results.json``.
+    """
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    if not (results_dir / "results.json").is_file():
+        raise InputError(f"{results_dir} holds no results.json: give the --out directory of `dwivae benchmark`")
+    results = json.loads((results_dir / "results.json").read_text())
+    drawn = []
+    for name, entry in results["phantoms"].items():
+        s = entry["settings"]
+        title = f"{name}: {s['protocol']}, {s['noise']} noise, SNR {s['snr']:g}"
+        drawn.append(Figure(figures.benchmark_errors(entry["methods"], out_dir / f"benchmark_{name}.{fmt}", title=title),
+                            f"Benchmark: {name}", "FA and MD errors against the clean phantom's DTI fit, per "
+                                                  "tissue class, and each method's wall time."))
+        maps = results_dir / f"fa_maps_{name}.png"
+        if maps.is_file():
+            drawn.append(Figure(maps, f"FA maps: {name}", "FA of the clean phantom, the noisy one and each method."))
+    return drawn, results
 
 
 def changed_voxels(noisy: np.ndarray, denoised: Mapping[str, np.ndarray], dw: np.ndarray) -> np.ndarray:
@@ -307,6 +335,24 @@ class DenoisedOutputs:
     paths: dict[str, Path]
 
 
+def _benchmark_tables(results: Mapping) -> list[tuple[str, list[str], list[list[str]]]]:
+    tables = []
+    for name, entry in results["phantoms"].items():
+        rows = []
+        for method, row in entry["methods"].items():
+            if row["status"] != "ok":
+                rows.append([method, row["status"], row["note"], "", "", "", "", ""])
+                continue
+            rows.append([method, _fmt(row["signal_rmse"]), _fmt(row["fa_mae"]["WM"]), _fmt(row["fa_mae"]["GM"]),
+                         _fmt(row["fa_mae"]["crossing"]), _fmt(row["md_mae"]["all"]), _fmt(row["angle_wm_deg"]),
+                         _fmt(row["seconds"])])
+        s = entry["settings"]
+        tables.append((f"{name}: {s['protocol']}, {s['noise']} noise, SNR {s['snr']:g}",
+                       ["method", "RMSE", "FA err WM", "FA err GM", "FA err crossing", "MD err (mm²/s)",
+                        "angle WM (deg)", "seconds"], rows))
+    return tables
+
+
 def _read_sidecar(path: Path) -> dict:
     sidecar = io.sidecar_path(path)
     if not sidecar.is_file():
@@ -345,8 +391,9 @@ def load_outputs(outputs: Sequence[str | PathLike[str]]) -> DenoisedOutputs:
 
 
 def draw_figures(out_dir: str | PathLike[str], *, outputs: DenoisedOutputs | None = None,
-                 models: Mapping[str, TrainedModel] | None = None, fmt: str = "png",
-                 slices: tuple[int, int] | None = None, seed: int = 0) -> tuple[dict[str, list[Figure]], dict]:
+                 models: Mapping[str, TrainedModel] | None = None, benchmark: str | PathLike[str] | None = None,
+                 fmt: str = "png", slices: tuple[int, int] | None = None,
+                 seed: int = 0) -> tuple[dict[str, list[Figure]], dict]:
     """Every figure for denoised outputs and models: what ``dwivae figures`` and the report show.
 
     Parameters
@@ -358,19 +405,23 @@ def draw_figures(out_dir: str | PathLike[str], *, outputs: DenoisedOutputs | Non
         ``models`` (unless given there) when their directories exist, and the latents are
         analysed on the input's voxels.
     models : mapping of str to TrainedModel, optional
+    benchmark : path, optional
+        The output directory of ``dwivae benchmark``.
     fmt, slices, seed
         See :func:`volume_figures` and :func:`model_figures`.
 
     Returns
     -------
     figures : dict
-        ``{"in_vivo": [...], "models": [...]}``.
+        ``{"in_vivo": [...], "models": [...], "benchmark": [...]}``.
     numbers : dict
-        ``{"in_vivo": ..., "models": ...}``, as returned by the two drawing functions.
+        The same keys: what the drawing functions returned (the benchmark's ``results.json``).
     """
     models = dict(models or {})
-    drawn: dict[str, list[Figure]] = {"in_vivo": [], "models": []}
-    numbers: dict = {"in_vivo": {}, "models": {}}
+    drawn: dict[str, list[Figure]] = {"in_vivo": [], "models": [], "benchmark": []}
+    numbers: dict = {"in_vivo": {}, "models": {}, "benchmark": {}}
+    if benchmark is not None:
+        drawn["benchmark"], numbers["benchmark"] = benchmark_figures(benchmark, out_dir, fmt=fmt)
     signals = None
     if outputs is not None:
         given = {model_fingerprint(m) for m in models.values()}
@@ -389,7 +440,8 @@ def draw_figures(out_dir: str | PathLike[str], *, outputs: DenoisedOutputs | Non
 
 
 def save_figures(out_dir: str | PathLike[str], *, outputs: Sequence[str | PathLike[str]] = (),
-                 models: Mapping[str, str | PathLike[str]] | None = None, fmt: str = "png",
+                 models: Mapping[str, str | PathLike[str]] | None = None,
+                 benchmark: str | PathLike[str] | None = None, fmt: str = "png",
                  slices: tuple[int, int] | None = None, seed: int = 0, force: bool = False) -> Path:
     """Draw every figure into ``out_dir`` and list them in ``figures.json`` with their numbers.
 
@@ -401,7 +453,7 @@ def save_figures(out_dir: str | PathLike[str], *, outputs: Sequence[str | PathLi
         Denoised NIfTI files of one input (see :func:`load_outputs`).
     models : mapping of str to path, optional
         Model directories by name.
-    fmt, slices, seed
+    benchmark, fmt, slices, seed
         See :func:`draw_figures`.
     force : bool
 
@@ -410,8 +462,8 @@ def save_figures(out_dir: str | PathLike[str], *, outputs: Sequence[str | PathLi
     Path
         The ``figures.json`` file.
     """
-    if not outputs and not models:
-        raise InputError("nothing to draw: give model directories, denoised outputs (--denoised), or both")
+    if not outputs and not models and benchmark is None:
+        raise InputError("nothing to draw: give model directories, denoised outputs (--denoised) or --benchmark")
     out_dir = Path(out_dir)
     listing = out_dir / "figures.json"
     if listing.exists() and not force:
@@ -419,14 +471,19 @@ def save_figures(out_dir: str | PathLike[str], *, outputs: Sequence[str | PathLi
     data = load_outputs(outputs) if outputs else None
     trained = {name: load_model(path) for name, path in (models or {}).items()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    drawn, numbers = draw_figures(out_dir, outputs=data, models=trained, fmt=fmt, slices=slices, seed=seed)
+    drawn, numbers = draw_figures(out_dir, outputs=data, models=trained, benchmark=benchmark, fmt=fmt,
+                                  slices=slices, seed=seed)
+    for figure in drawn["benchmark"]:
+        if figure.path.parent.resolve() != out_dir.resolve():
+            shutil.copy(figure.path, out_dir / figure.path.name)
     entries = [{"group": group, "file": f.path.name, "title": f.title, "caption": f.caption}
                for group, figs in drawn.items() for f in figs]
     return io.write_json_atomic(listing, {"figures": entries, "numbers": numbers}, force=True)
 
 
 def build_report(outputs: Sequence[str | PathLike[str]], out: str | PathLike[str], *,
-                 models: Mapping[str, str | PathLike[str]] | None = None, fmt: str = "png",
+                 models: Mapping[str, str | PathLike[str]] | None = None,
+                 benchmark: str | PathLike[str] | None = None, fmt: str = "png",
                  slices: tuple[int, int] | None = None, seed: int = 0, force: bool = False) -> Path:
     """Write the HTML report of one or more denoised outputs of the same input.
 
@@ -438,6 +495,8 @@ def build_report(outputs: Sequence[str | PathLike[str]], out: str | PathLike[str
         The ``.html`` file to write (atomically).
     models : mapping of str to path, optional
         Extra model directories to show in the model figures (e.g. latent 10, no KL).
+    benchmark : path, optional
+        The output directory of ``dwivae benchmark``: its tables and figures are added.
     fmt : {"png", "svg"}
     slices : (int, int), optional
         Slice range of the residual histograms.
@@ -455,7 +514,8 @@ def build_report(outputs: Sequence[str | PathLike[str]], out: str | PathLike[str
     data = load_outputs(outputs)
     extra = {name: load_model(path) for name, path in (models or {}).items()}
     with tempfile.TemporaryDirectory(prefix="dwivae-report-") as tmp:
-        drawn, numbers = draw_figures(tmp, outputs=data, models=extra, fmt=fmt, slices=slices, seed=seed)
+        drawn, numbers = draw_figures(tmp, outputs=data, models=extra, benchmark=benchmark, fmt=fmt,
+                                      slices=slices, seed=seed)
         acq = data.acq
         run = [["input", str(data.source)], ["protocol", f"{acq.describe()} (fingerprint {acq.fingerprint()})"],
                ["report written", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")]]
@@ -481,5 +541,9 @@ def build_report(outputs: Sequence[str | PathLike[str]], out: str | PathLike[str
         ]
         if drawn["models"]:
             sections.append(Section("Models", figures=drawn["models"]))
+        if drawn["benchmark"]:
+            sections.append(Section("Phantom benchmark", tables=_benchmark_tables(numbers["benchmark"]),
+                                    figures=drawn["benchmark"],
+                                    text=f"Command: {numbers['benchmark'].get('command', '-')}"))
         page = render_html(f"dwivae report: {data.source.name}", sections)
     return io.write_text_atomic(out, page, force=force)

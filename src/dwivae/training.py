@@ -171,6 +171,7 @@ def train(
     config: TrainConfig | None = None,
     split: SimulatedSplit | None = None,
     callback: Callable[[dict], None] | None = None,
+    hidden: tuple[int, ...] | None = None,
 ) -> TrainedModel:
     """Train a VAE or DAE for the protocol ``acq`` on simulated signals.
 
@@ -189,6 +190,8 @@ def train(
         Pre-simulated data for this protocol and seed, to share between models.
     callback : callable, optional
         Called after every epoch with that epoch's history record.
+    hidden : tuple of int, optional
+        Encoder hidden widths (default: the study's, narrowing evenly to the latent size).
 
     Returns
     -------
@@ -197,15 +200,17 @@ def train(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the step's ops are small: a second OpenMP thread only waits on a busy core
     try:
-        return _train(acq, arch=arch, latent=latent, seed=seed, config=config, split=split, callback=callback)
+        return _train(acq, arch=arch, latent=latent, seed=seed, config=config, split=split, callback=callback,
+                      hidden=hidden)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: TrainConfig | None,
-           split: SimulatedSplit | None, callback: Callable[[dict], None] | None) -> TrainedModel:
+           split: SimulatedSplit | None, callback: Callable[[dict], None] | None,
+           hidden: tuple[int, ...] | None) -> TrainedModel:
     config = replace(config or PRESETS["default"], seed=seed)
-    model_config = ModelConfig(arch=arch, n_inputs=acq.n_volumes, latent=latent)
+    model_config = ModelConfig(arch=arch, n_inputs=acq.n_volumes, latent=latent, hidden=hidden)
     streams = seed_streams(seed)
     started = time.perf_counter()
     if split is None:
