@@ -180,3 +180,13 @@ def test_demo_ends_with_the_report(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert page.count('<img src="data:image/png;base64,') >= 9 and "dwivae demo (seed 0)" in page
     assert main(["demo", "--out", str(out)]) == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_train_with_rician_noise_and_an_snr_range(tmp_path, capsys):
+    out = tmp_path / "rician"
+    assert main(["train", "--protocol", "seed32", "--arch", "dae", "--noise", "rician", "--snr-range", "5", "50",
+                 "--quiet", "--out", str(out)]) == 0
+    config = load_model(out).train_config
+    assert config.noise == "rician" and config.snr_range == (5.0, 50.0)
+    _fails(capsys, ["train", "--protocol", "seed32", "--preset", "study", "--noise", "rician", "--quiet",
+                    "--out", str(tmp_path / "x")], "need fresh samples each epoch")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from dwivae.simulate import (STUDY_NOISE_LEVELS, add_gaussian_noise, b_matrix, random_rotations,
                              random_tensors, study_grid, tensor_signals)
@@ -61,3 +62,21 @@ def test_noise_has_requested_sigma_and_no_negatives():
     assert abs(np.std(noisy - clean) - 0.05) < 1e-3
     strong = add_gaussian_noise(clean, 0.9, rng=np.random.default_rng(0))
     assert strong.min() == 0.0 and (strong == 0).mean() > 0.2  # clipped at 0, as the study did
+
+
+def test_rician_noise_has_the_right_mean_and_second_moment():
+    from scipy.stats import rice
+
+    from dwivae.simulate import add_noncentral_chi_noise
+    nu, sigma = 0.3, 0.1
+    noisy = add_noncentral_chi_noise(np.full((200_000, 1), nu), sigma, rng=np.random.default_rng(0))
+    assert noisy.mean() == pytest.approx(rice(nu / sigma, scale=sigma).mean(), rel=3e-3)
+    assert np.mean(noisy.astype(np.float64) ** 2) == pytest.approx(nu ** 2 + 2 * sigma ** 2, rel=5e-3)
+
+
+def test_noncentral_chi_second_moment_grows_with_coils():
+    from dwivae.simulate import add_noncentral_chi_noise
+    nu, sigma, coils = 0.5, 0.05, 8
+    noisy = add_noncentral_chi_noise(np.full((100_000, 1), nu), sigma, coils=coils, rng=np.random.default_rng(1))
+    # sum of squares over n channels of S/sqrt(n) + complex noise: E[M²] = S² + 2 n sigma²
+    assert np.mean(noisy.astype(np.float64) ** 2) == pytest.approx(nu ** 2 + 2 * coils * sigma ** 2, rel=5e-3)

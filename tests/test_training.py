@@ -75,3 +75,32 @@ def test_cosine_schedule_decays_to_a_hundredth():
     assert TrainConfig(lr=1e-3).lr_at(11) == 1e-3
     with pytest.raises(InputError, match="unknown learning-rate schedule"):
         TrainConfig(lr_schedule="step")
+
+
+@pytest.mark.parametrize("noise, coils", [("rician", 1), ("nc-chi", 4)])
+def test_training_noise_matches_the_model(noise, coils):
+    from dwivae.training import _noisy_batch
+    config = TrainConfig(samples_per_epoch=1000, noise=noise, coils=coils, snr_range=(10, 10))
+    clean = torch.full((100_000, 2), 0.4)
+    sigma = torch.full((100_000, 1), 0.1)
+    noisy = _noisy_batch(clean, sigma, config, torch.Generator().manual_seed(0)).double()
+    assert float((noisy ** 2).mean()) == pytest.approx(0.4 ** 2 + 2 * coils * 0.1 ** 2, rel=5e-3)
+    assert float(noisy.min()) >= 0
+
+
+def test_rician_training_with_an_snr_range_is_reproducible(acq, tiny_config):
+    config = replace(tiny_config, noise="rician", snr_range=(5, 50))
+    a, b = (train(acq, arch="dae", seed=2, config=config) for _ in range(2))
+    assert a.history == b.history and np.isfinite(a.summary["test_mse"])
+    assert a.train_config.snr_range == (5.0, 50.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"noise": "laplace", "samples_per_epoch": 10}, "unknown noise"),
+    ({"noise": "rician", "coils": 2, "samples_per_epoch": 10}, "with nc-chi noise"),
+    ({"snr_range": (20, 10), "samples_per_epoch": 10}, "positive and increasing"),
+    ({"noise": "rician"}, "need fresh samples each epoch"),
+])
+def test_bad_noise_settings(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        TrainConfig(**kwargs)

@@ -80,7 +80,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = PRESETS[args.preset]
     overrides = {k: v for k, v in {"epochs": args.epochs, "loss": args.loss, "beta_max": args.beta_max,
                                    "lr": args.lr, "batch_size": args.batch_size,
-                                   "atoms": args.atoms}.items() if v is not None}
+                                   "atoms": args.atoms, "noise": args.noise, "coils": args.coils,
+                                   "snr_range": args.snr_range}.items() if v is not None}
     config = replace(config, **overrides)
     with tqdm(total=config.epochs, desc=f"train {args.arch}", unit="epoch", disable=args.quiet) as bar:
         def show(record: dict) -> None:
@@ -267,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--atoms", choices=("grid", "random"))
+    p.add_argument("--noise", choices=("gaussian", "rician", "nc-chi"),
+                   help="training noise (default gaussian, clipped at 0, as the study)")
+    p.add_argument("--coils", type=int, help="receiver channels of nc-chi noise")
+    p.add_argument("--snr-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="draw each sample's SNR (S0 / sigma) log-uniformly from this range instead of "
+                        "the study's 31 noise levels")
     p.add_argument("--seed", type=int, default=0, help="fixes simulation, split and initialisation")
     p.add_argument("--out", type=Path, required=True, help="model directory to create")
     p.set_defaults(run=cmd_train)

@@ -16,6 +16,7 @@ from dwivae.errors import InputError
 from dwivae.fused import make_step
 from dwivae.losses import beta_schedule, kl_divergence, reconstruction_loss
 from dwivae.models import Autoencoder, ModelConfig, build_model
+from dwivae.simulate import NOISE_KINDS, add_gaussian_noise, add_noncentral_chi_noise
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -56,6 +57,14 @@ class TrainConfig:
     test_fraction : float
     test_every : int
         Test MSE is measured every this many epochs and after the last one.
+    noise : {"gaussian", "rician", "nc-chi"}
+        Noise of the training samples: Gaussian clipped at 0 (the study), Rician, or noncentral
+        chi over ``coils`` channels (see :func:`dwivae.simulate.add_noncentral_chi_noise`).
+        Rician and nc-chi need ``samples_per_epoch``.
+    coils : int
+    snr_range : (float, float), optional
+        Draw each sample's noise as ``sigma = 1 / SNR`` (S0 = 1) with SNR log-uniform over this
+        range, instead of the study's 31 levels (needs ``samples_per_epoch``).
     """
 
     epochs: int = 40
@@ -72,9 +81,24 @@ class TrainConfig:
     n_atoms: int = 500_000
     test_fraction: float = 0.2
     test_every: int = 5
+    noise: str = "gaussian"
+    coils: int = 1
+    snr_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         reconstruction_loss(self.loss)
+        if self.noise not in NOISE_KINDS:
+            raise InputError(f"unknown noise {self.noise!r}: choose one of {', '.join(NOISE_KINDS)}")
+        if self.coils < 1 or (self.noise != "nc-chi" and self.coils != 1):
+            raise InputError(f"{self.coils} coils: use 1, or more with nc-chi noise")
+        if self.snr_range is not None:
+            object.__setattr__(self, "snr_range", tuple(float(v) for v in self.snr_range))
+            low, high = self.snr_range
+            if not 0 < low <= high:
+                raise InputError(f"SNR range {low}-{high} must be positive and increasing")
+        if (self.noise != "gaussian" or self.snr_range is not None) and self.samples_per_epoch is None:
+            raise InputError("Rician/nc-chi noise and an SNR range need fresh samples each epoch "
+                             "(samples_per_epoch; the default preset), not the study's fixed data set")
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be >= 1")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -162,6 +186,43 @@ def reconstruct(network: Autoencoder, signals: np.ndarray | torch.Tensor, *,
     return out.numpy()
 
 
+def _monitor_pairs(split: SimulatedSplit, config: TrainConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out noisy/clean pairs for the test MSE during training, with the training noise:
+    the study's levels (Gaussian) or 8 SNRs spread over ``snr_range``, on ``MONITOR_ATOMS`` atoms."""
+    if config.noise == "gaussian" and config.snr_range is None:
+        noisy, atom, _ = held_out_pairs(split, seed=seed, max_atoms=MONITOR_ATOMS)
+        return noisy, split.test_clean[atom]
+    clean = split.test_clean[:MONITOR_ATOMS]
+    levels = (1.0 / np.geomspace(*config.snr_range, 8) if config.snr_range is not None else split.noise_levels)
+    rng = np.random.default_rng(seed_streams(seed)["test_noise"])
+    repeated = np.tile(clean, (len(levels), 1))
+    sigma = np.repeat(levels, len(clean))[:, None].astype(np.float32)
+    noisy = (add_gaussian_noise(repeated, sigma[:, 0], rng=rng) if config.noise == "gaussian" else
+             add_noncentral_chi_noise(repeated, sigma, coils=config.coils, rng=rng))
+    return noisy, repeated
+
+
+def _batch_sigmas(config: TrainConfig, levels: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Noise standard deviation (S0 = 1) of each sample of a batch, shape (batch, 1)."""
+    if config.snr_range is None:
+        return levels[torch.randint(len(levels), (batch,), generator=generator)][:, None]
+    low, high = (math.log(v) for v in config.snr_range)
+    return torch.exp(-(low + (high - low) * torch.rand((batch, 1), generator=generator)))
+
+
+def _noisy_batch(clean: torch.Tensor, sigma: torch.Tensor, config: TrainConfig,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Noisy copies of a batch of clean signals with the configured noise model."""
+    if config.noise == "gaussian":
+        return (clean + sigma * torch.randn(clean.shape, generator=generator)).clamp_(min=0.0)
+    per_coil = clean / math.sqrt(config.coils)
+    power = torch.zeros_like(clean)
+    for _ in range(config.coils):
+        power += (per_coil + sigma * torch.randn(clean.shape, generator=generator)) ** 2
+        power += (sigma * torch.randn(clean.shape, generator=generator)) ** 2
+    return power.sqrt_()
+
+
 def train(
     acq: Acquisition,
     *,
@@ -222,8 +283,7 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
     generator = torch_generator(streams["train"])
     clean = torch.from_numpy(split.train_clean)
     sigmas = torch.from_numpy(split.noise_levels)
-    test_noisy, test_atom, _ = held_out_pairs(split, seed=seed, max_atoms=MONITOR_ATOMS)
-    test_clean = split.test_clean[test_atom]
+    test_noisy, test_clean = _monitor_pairs(split, config, seed)
     if config.samples_per_epoch is None:
         noisy, atom, _ = noisy_copies(split.train_clean, split.noise_levels,
                                       rng=np.random.default_rng(streams["train"]))
@@ -252,9 +312,8 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
                 x, y = noisy[idx], clean[atom[idx]]
             else:
                 a = torch.randint(len(clean), (batch,), generator=generator)
-                s = sigmas[torch.randint(len(sigmas), (batch,), generator=generator)]
                 y = clean[a]
-                x = (y + s[:, None] * torch.randn(y.shape, generator=generator)).clamp_(min=0.0)
+                x = _noisy_batch(y, _batch_sigmas(config, sigmas, batch, generator), config, generator)
             eps = torch.randn((batch, latent), generator=generator) if arch == "vae" else None
             rec, kl = step(x, y, eps, kl_weight)
             rec_sum += rec
