@@ -40,3 +40,13 @@ def test_bad_settings(acq):
         simulate_split(acq, seed=0, atoms="cloud")
     with pytest.raises(InputError, match="test fraction"):
         simulate_split(acq, seed=0, atoms="random", n_atoms=10, test_fraction=1.5)
+
+
+@pytest.mark.parametrize("atoms", ["sticks", "mixed"])
+def test_stick_atoms_carry_their_apparent_tensors(acq, atoms):
+    from dwivae.tensorfit import fit_tensor
+    split = simulate_split(acq, seed=0, atoms=atoms, n_atoms=1000)
+    assert len(split.train_clean) + len(split.test_clean) == 1000
+    D, _ = fit_tensor(split.test_clean, acq.bvals, acq.bvecs)
+    np.testing.assert_allclose(D, split.test_D, atol=1e-6)  # exact for tensors, the OLS fit for sticks
+    assert split.train_clean.min() > 0 and split.train_clean.max() <= 1.0 + 1e-6

@@ -80,3 +80,34 @@ def test_noncentral_chi_second_moment_grows_with_coils():
     noisy = add_noncentral_chi_noise(np.full((100_000, 1), nu), sigma, coils=coils, rng=np.random.default_rng(1))
     # sum of squares over n channels of S/sqrt(n) + complex noise: E[M²] = S² + 2 n sigma²
     assert np.mean(noisy.astype(np.float64) ** 2) == pytest.approx(nu ** 2 + 2 * coils * sigma ** 2, rel=5e-3)
+
+
+def test_ball_and_sticks_matches_dipy():
+    from dipy.core.gradients import gradient_table
+    from dipy.sims.voxel import sticks_and_ball
+
+    from dwivae.acquisition import Acquisition
+    from dwivae.simulate import ball_and_sticks_signals
+    rng = np.random.default_rng(3)
+    bvecs = rng.standard_normal((40, 3))
+    bvecs /= np.linalg.norm(bvecs, axis=1, keepdims=True)
+    bvecs[0] = 0
+    bvals = np.r_[0, np.full(20, 1000.0), np.full(19, 2500.0)]
+    acq = Acquisition(bvals, bvecs)
+    angles = [(30.0, 40.0), (80.0, 200.0)]  # (theta, phi) in degrees, as DIPY takes them
+    expected, sticks = sticks_and_ball(gradient_table(bvals, bvecs=bvecs), d=0.0017, S0=1.0, angles=angles,
+                                       fractions=[40, 25], snr=None)
+    ours = ball_and_sticks_signals(acq, d=np.array([0.0017]), fractions=np.array([[0.40, 0.25]]),
+                                   directions=sticks[None])
+    np.testing.assert_allclose(ours[0, 1:], expected[1:], rtol=1e-5)
+    assert ours[0, 0] == pytest.approx(1.0)
+
+
+def test_random_ball_and_sticks_parameters():
+    from dwivae.simulate import random_ball_and_sticks
+    p = random_ball_and_sticks(5000, rng=np.random.default_rng(0))
+    total = p["fractions"].sum(axis=1)
+    assert total.min() >= 0.2 - 1e-9 and total.max() <= 0.8 + 1e-9
+    counts = (p["fractions"] > 0).sum(axis=1)
+    assert set(np.unique(counts)) == {1, 2, 3}
+    np.testing.assert_allclose(np.linalg.norm(p["directions"], axis=-1), 1)

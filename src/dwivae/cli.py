@@ -248,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("simulate", "simulate clean tensor signals and noisy copies for a protocol")
     _protocol_args(p)
-    p.add_argument("--atoms", choices=("grid", "random"), default="grid",
-                   help="the study's tensor grid or random physiological tensors (default: grid)")
-    p.add_argument("--n-atoms", type=int, default=500_000, help="number of random tensors")
+    p.add_argument("--atoms", choices=("grid", "random", "sticks", "mixed"), default="grid",
+                   help="the study's tensor grid, random physiological tensors, random ball-and-sticks "
+                        "(1-3 sticks) or half tensors, half sticks (default: grid)")
+    p.add_argument("--n-atoms", type=int, default=500_000, help="number of random atoms")
     p.add_argument("--sigma", type=float, nargs="+", help="noise standard deviations (default: the study's 31)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output directory")
@@ -267,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=("huber", "mse", "l1"))
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--atoms", choices=("grid", "random"))
+    p.add_argument("--atoms", choices=("grid", "random", "sticks", "mixed"),
+                   help="clean signals: the study's tensor grid (default), random tensors, ball-and-sticks or both")
     p.add_argument("--noise", choices=("gaussian", "rician", "nc-chi"),
                    help="training noise (default gaussian, clipped at 0, as the study)")
     p.add_argument("--coils", type=int, help="receiver channels of nc-chi noise")

@@ -14,10 +14,11 @@ import torch
 
 from dwivae.acquisition import Acquisition
 from dwivae.errors import InputError
-from dwivae.simulate import (STUDY_NOISE_LEVELS, add_gaussian_noise, random_tensors, study_grid,
-                             tensor_signals)
+from dwivae.simulate import (STUDY_NOISE_LEVELS, add_gaussian_noise, ball_and_sticks_signals,
+                             random_ball_and_sticks, random_tensors, study_grid, tensor_signals)
+from dwivae.tensorfit import fit_tensor
 
-ATOM_SOURCES = ("grid", "random")
+ATOM_SOURCES = ("grid", "random", "sticks", "mixed")
 STREAMS = ("split", "test_noise", "train", "init")
 """Independent random streams spawned from one seed, in this order."""
 
@@ -53,6 +54,22 @@ class SimulatedSplit:
     noise_levels: np.ndarray
 
 
+def _atoms(acq: Acquisition, atoms: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Tensors (M, 6) and clean signals (M, N) of an atom source."""
+    if atoms == "grid":
+        D = study_grid(acq)
+        return D, tensor_signals(D, acq)
+    n_sticks = {"random": 0, "sticks": n, "mixed": n // 2}[atoms]
+    D = random_tensors(n - n_sticks, rng=rng)
+    signals = [tensor_signals(D, acq)]
+    if n_sticks:
+        sticks = ball_and_sticks_signals(acq, **random_ball_and_sticks(n_sticks, rng=rng))
+        bvecs = np.where(np.isfinite(acq.bvecs), acq.bvecs, 0.0)
+        D = np.concatenate([D, fit_tensor(sticks, acq.bvals, bvecs)[0].astype(np.float32)])
+        signals.append(sticks)
+    return D, np.concatenate(signals)
+
+
 def simulate_split(
     acq: Acquisition,
     *,
@@ -69,10 +86,13 @@ def simulate_split(
     acq : Acquisition
     seed : int
         Fixes the random tensors (``atoms="random"``) and the split.
-    atoms : {"grid", "random"}
-        The study's filtered grid of tensors, or ``n_atoms`` random physiological tensors.
+    atoms : {"grid", "random", "sticks", "mixed"}
+        The study's filtered grid of tensors, ``n_atoms`` random physiological tensors, random
+        ball-and-sticks signals (1 to 3 sticks), or half random tensors and half sticks. The
+        tensors of stick signals are their apparent tensors (the OLS fit of the clean signal),
+        which the evaluation compares with.
     n_atoms : int
-        Number of random tensors (ignored for the grid).
+        Number of random atoms (ignored for the grid).
     test_fraction : float
         Fraction of atoms held out for testing (the study: 0.2).
     noise_levels : (L,) ndarray
@@ -83,8 +103,7 @@ def simulate_split(
     if not 0.0 < test_fraction < 1.0:
         raise InputError(f"test fraction must lie between 0 and 1, got {test_fraction}")
     rng = np.random.default_rng(seed_streams(seed)["split"])
-    D = study_grid(acq) if atoms == "grid" else random_tensors(n_atoms, rng=rng)
-    clean = tensor_signals(D, acq)
+    D, clean = _atoms(acq, atoms, n_atoms, rng)
     order = rng.permutation(len(D))
     n_test = int(round(test_fraction * len(D)))
     test, train = order[:n_test], order[n_test:]  # shuffled: any leading subset is a random sample

@@ -50,10 +50,11 @@ class TrainConfig:
         None: every training atom at every noise level, with noise drawn once (the study's
         fixed data set). An int: that many fresh samples per epoch, each a random training atom
         at a random noise level with new noise (online simulation).
-    atoms : {"grid", "random"}
-        Clean signals from the study's tensor grid or from random physiological tensors.
+    atoms : {"grid", "random", "sticks", "mixed"}
+        Clean signals from the study's tensor grid, random physiological tensors, random
+        ball-and-sticks, or both (see :func:`dwivae.dataset.simulate_split`).
     n_atoms : int
-        Number of random tensors when ``atoms="random"``.
+        Number of random atoms (all sources but the grid).
     test_fraction : float
     test_every : int
         Test MSE is measured every this many epochs and after the last one.
