@@ -81,7 +81,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = {k: v for k, v in {"epochs": args.epochs, "loss": args.loss, "beta_max": args.beta_max,
                                    "lr": args.lr, "batch_size": args.batch_size,
                                    "atoms": args.atoms, "noise": args.noise, "coils": args.coils,
-                                   "snr_range": args.snr_range}.items() if v is not None}
+                                   "snr_range": args.snr_range,
+                                   "fresh_atoms": args.fresh_atoms or None}.items() if v is not None}
     config = replace(config, **overrides)
     with tqdm(total=config.epochs, desc=f"train {args.arch}", unit="epoch", disable=args.quiet) as bar:
         def show(record: dict) -> None:
@@ -276,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="draw each sample's SNR (S0 / sigma) log-uniformly from this range instead of "
                         "the study's 31 noise levels")
+    p.add_argument("--fresh-atoms", action="store_true",
+                   help="online simulation: new random clean signals every batch (random, sticks or mixed atoms)")
     p.add_argument("--seed", type=int, default=0, help="fixes simulation, split and initialisation")
     p.add_argument("--out", type=Path, required=True, help="model directory to create")
     p.set_defaults(run=cmd_train)

@@ -54,8 +54,28 @@ class SimulatedSplit:
     noise_levels: np.ndarray
 
 
-def _atoms(acq: Acquisition, atoms: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Tensors (M, 6) and clean signals (M, N) of an atom source."""
+def clean_atoms(acq: Acquisition, atoms: str, n: int, *, rng: np.random.Generator,
+                tensors: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+    """Clean signals of an atom source and their tensors.
+
+    Parameters
+    ----------
+    acq : Acquisition
+    atoms : {"grid", "random", "sticks", "mixed"}
+        See :func:`simulate_split`.
+    n : int
+        Number of random atoms (the grid has its own size).
+    rng : numpy.random.Generator
+    tensors : bool
+        Return the tensors (for stick signals an OLS fit); False skips the fit and returns None.
+
+    Returns
+    -------
+    D : (M, 6) ndarray, float32, or None
+    signals : (M, N) ndarray, float32
+    """
+    if atoms not in ATOM_SOURCES:
+        raise InputError(f"unknown atom source {atoms!r}: choose one of {', '.join(ATOM_SOURCES)}")
     if atoms == "grid":
         D = study_grid(acq)
         return D, tensor_signals(D, acq)
@@ -64,10 +84,11 @@ def _atoms(acq: Acquisition, atoms: str, n: int, rng: np.random.Generator) -> tu
     signals = [tensor_signals(D, acq)]
     if n_sticks:
         sticks = ball_and_sticks_signals(acq, **random_ball_and_sticks(n_sticks, rng=rng))
-        bvecs = np.where(np.isfinite(acq.bvecs), acq.bvecs, 0.0)
-        D = np.concatenate([D, fit_tensor(sticks, acq.bvals, bvecs)[0].astype(np.float32)])
+        if tensors:
+            bvecs = np.where(np.isfinite(acq.bvecs), acq.bvecs, 0.0)
+            D = np.concatenate([D, fit_tensor(sticks, acq.bvals, bvecs)[0].astype(np.float32)])
         signals.append(sticks)
-    return D, np.concatenate(signals)
+    return (D if tensors else None), np.concatenate(signals)
 
 
 def simulate_split(
@@ -98,12 +119,10 @@ def simulate_split(
     noise_levels : (L,) ndarray
         Noise standard deviations used for training and testing.
     """
-    if atoms not in ATOM_SOURCES:
-        raise InputError(f"unknown atom source {atoms!r}: choose one of {', '.join(ATOM_SOURCES)}")
     if not 0.0 < test_fraction < 1.0:
         raise InputError(f"test fraction must lie between 0 and 1, got {test_fraction}")
     rng = np.random.default_rng(seed_streams(seed)["split"])
-    D, clean = _atoms(acq, atoms, n_atoms, rng)
+    D, clean = clean_atoms(acq, atoms, n_atoms, rng=rng)
     order = rng.permutation(len(D))
     n_test = int(round(test_fraction * len(D)))
     test, train = order[:n_test], order[n_test:]  # shuffled: any leading subset is a random sample

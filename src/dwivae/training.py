@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dwivae.acquisition import Acquisition
-from dwivae.dataset import (SimulatedSplit, noisy_copies, seed_streams, simulate_split,
+from dwivae.dataset import (SimulatedSplit, clean_atoms, noisy_copies, seed_streams, simulate_split,
                             held_out_pairs, torch_generator)
 from dwivae.errors import InputError
 from dwivae.fused import make_step
@@ -66,6 +66,11 @@ class TrainConfig:
     snr_range : (float, float), optional
         Draw each sample's noise as ``sigma = 1 / SNR`` (S0 = 1) with SNR log-uniform over this
         range, instead of the study's 31 levels (needs ``samples_per_epoch``).
+    fresh_atoms : bool
+        Online simulation: every batch draws new clean signals from the random atom source
+        instead of picking training atoms from a fixed dictionary, so no sample repeats and
+        memory does not grow with the parameter space (needs ``samples_per_epoch``; the held-out
+        atoms still measure the test MSE).
     """
 
     epochs: int = 40
@@ -85,6 +90,7 @@ class TrainConfig:
     noise: str = "gaussian"
     coils: int = 1
     snr_range: tuple[float, float] | None = None
+    fresh_atoms: bool = False
 
     def __post_init__(self) -> None:
         reconstruction_loss(self.loss)
@@ -97,8 +103,10 @@ class TrainConfig:
             low, high = self.snr_range
             if not 0 < low <= high:
                 raise InputError(f"SNR range {low}-{high} must be positive and increasing")
-        if (self.noise != "gaussian" or self.snr_range is not None) and self.samples_per_epoch is None:
-            raise InputError("Rician/nc-chi noise and an SNR range need fresh samples each epoch "
+        if self.fresh_atoms and self.atoms == "grid":
+            raise InputError("fresh atoms are drawn at random: choose random, sticks or mixed atoms, not the grid")
+        if (self.noise != "gaussian" or self.snr_range is not None or self.fresh_atoms) and self.samples_per_epoch is None:
+            raise InputError("Rician/nc-chi noise, an SNR range and fresh atoms need fresh samples each epoch "
                              "(samples_per_epoch; the default preset), not the study's fixed data set")
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be >= 1")
@@ -292,6 +300,7 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
         epoch_size = len(noisy)
     else:
         epoch_size = config.samples_per_epoch
+    fresh = np.random.default_rng(streams["train"].spawn(1)[0]) if config.fresh_atoms else None
     batch = min(config.batch_size, epoch_size)
     steps = epoch_size // batch
     step = make_step(network, lr=config.lr, loss=config.loss)
@@ -312,8 +321,10 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
                 idx = order[k * batch:(k + 1) * batch]
                 x, y = noisy[idx], clean[atom[idx]]
             else:
-                a = torch.randint(len(clean), (batch,), generator=generator)
-                y = clean[a]
+                if fresh is not None:
+                    y = torch.from_numpy(clean_atoms(acq, config.atoms, batch, rng=fresh, tensors=False)[1])
+                else:
+                    y = clean[torch.randint(len(clean), (batch,), generator=generator)]
                 x = _noisy_batch(y, _batch_sigmas(config, sigmas, batch, generator), config, generator)
             eps = torch.randn((batch, latent), generator=generator) if arch == "vae" else None
             rec, kl = step(x, y, eps, kl_weight)
