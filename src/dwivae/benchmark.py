@@ -84,7 +84,8 @@ def _model_for(arch: str, acq: Acquisition, given: Sequence[TrainedModel], seed:
 
 def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[str] = METHODS,
                   models: Sequence[TrainedModel] = (), threads: int = 1, seed: int = 0,
-                  log: Callable[[str], None] = print, fa_maps: Path | None = None) -> dict:
+                  log: Callable[[str], None] = print, fa_maps: Path | None = None,
+                  done: Callable[[dict], None] | None = None) -> dict:
     """Run and score every method on every phantom.
 
     Parameters
@@ -103,6 +104,8 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
     log : callable
     fa_maps : Path, optional
         Directory for a figure of each phantom's FA maps, side by side.
+    done : callable, optional
+        Called with the results so far after each phantom (e.g. to save them as they come).
 
     Returns
     -------
@@ -140,6 +143,8 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
             map_grid(maps, fa_maps / f"fa_maps_{phantom['name']}.png", label="FA", vmin=0.0, vmax=1.0,
                      title=f"{phantom['name']}: FA, middle slice (WLS fit)")
         results["phantoms"][phantom["name"]] = entry
+        if done is not None:
+            done(results)
     return results
 
 

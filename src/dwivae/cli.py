@@ -195,10 +195,15 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         _refuse_existing(args.out / name, args.force)
     models = [load_model(path) for path in args.models]
     args.out.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["dwivae", *args.argv])
+
+    def save(results: dict) -> None:  # after each phantom, so a long run keeps what it measured
+        write_results({**results, "command": command}, args.out, force=True)
+
     results = run_benchmark(args.phantom, methods=args.methods, models=models, threads=args.threads,
-                            seed=args.seed, log=(lambda line: None) if args.quiet else print, fa_maps=args.out)
-    results["command"] = shlex.join(["dwivae", *args.argv])
-    write_results(results, args.out, force=True)
+                            seed=args.seed, log=(lambda line: None) if args.quiet else print, fa_maps=args.out,
+                            done=save)
+    results["command"] = command
     print(format_markdown(results))
     print(f"-> {args.out / 'results.json'}, {args.out / 'results.md'}")
 
