@@ -33,15 +33,29 @@ def test_benchmark_command_writes_the_numbers_it_prints(phantom_dir, tmp_path, c
     monkeypatch.setitem(training.PRESETS, "default", TINY_TRAINING)
     monkeypatch.setenv("DWIVAE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench"
-    argv = ["benchmark", "--phantom", str(phantom_dir), "--methods", "svd", "vae", "--quiet", "--out", str(out)]
+    variants = [tmp_path / "vae_rician", tmp_path / "dae_64"]
+    assert main(["train", "--protocol", "seed32", "--noise", "rician", "--snr-range", "10", "40", "--quiet",
+                 "--out", str(variants[0])]) == 0
+    bval, bvec = (tmp_path / "b64.bval", tmp_path / "b64.bvec")
+    np.savetxt(bval, np.r_[0, np.full(64, 1000.0)][None], fmt="%g")
+    directions = np.random.default_rng(0).standard_normal((64, 3))
+    np.savetxt(bvec, np.r_[[[0, 0, 0]], directions / np.linalg.norm(directions, axis=1, keepdims=True)].T)
+    assert main(["train", "--bvals", str(bval), "--bvecs", str(bvec), "--arch", "dae", "--quiet",
+                 "--out", str(variants[1])]) == 0
+    capsys.readouterr()
+    argv = ["benchmark", "--phantom", str(phantom_dir), "--methods", "svd", "vae", "--variants", *map(str, variants),
+            "--quiet", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
-    rows = results["phantoms"]["seed32_snr20"]["methods"]
-    assert list(rows) == ["noisy", "svd", "vae"] and all(r["status"] == "ok" for r in rows.values())
+    rows = dict(results["phantoms"]["seed32_snr20"]["methods"])
+    skipped = rows.pop("dae_64")
+    assert skipped["status"] == "skipped" and "another protocol" in skipped["note"]
+    assert list(rows) == ["noisy", "svd", "vae", "vae_rician"] and all(r["status"] == "ok" for r in rows.values())
     assert rows["svd"]["signal_rmse"] < rows["noisy"]["signal_rmse"]
     table = (out / "results.md").read_text()
     assert table == format_markdown(results) and table.strip() in printed
+    assert "| dae_64 | skipped: model for another protocol" in table
     for method, row in rows.items():
         assert f"| {method} | {row['signal_rmse']:.2f} | {row['psnr_db']:.1f} | {row['fa_mae']['WM']:.4f} |" in table
     assert (out / "fa_maps_seed32_snr20.png").stat().st_size > 5000

@@ -83,7 +83,8 @@ def _model_for(arch: str, acq: Acquisition, given: Sequence[TrainedModel], seed:
 
 
 def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[str] = METHODS,
-                  models: Sequence[TrainedModel] = (), threads: int = 1, seed: int = 0,
+                  models: Sequence[TrainedModel] = (), variants: Mapping[str, TrainedModel] | None = None,
+                  threads: int = 1, seed: int = 0,
                   log: Callable[[str], None] = print, fa_maps: Path | None = None,
                   done: Callable[[dict], None] | None = None) -> dict:
     """Run and score every method on every phantom.
@@ -97,6 +98,9 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
     models : sequence of TrainedModel
         Networks to use for ``vae``/``dae`` when their protocol matches a phantom's; otherwise
         the cached model for the protocol is used, trained first if there is none.
+    variants : mapping of str to TrainedModel, optional
+        More networks, each scored as a method of its own name (e.g. a VAE trained with Rician
+        noise); skipped on phantoms of another protocol.
     threads : int
         Threads for ``dwidenoise`` (the other methods run as they come).
     seed : int
@@ -125,9 +129,14 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
         entry = {"settings": {k: phantom["info"].get(k) for k in ("snr", "noise", "coils", "seed", "shape", "sigma")}
                  | {"protocol": acq.describe()}, "methods": {}}
         maps = {"clean": _fa_slice(reference["fa"], mask)}
-        for method in methods:
-            model = _model_for(method, acq, models, seed, log) if method in ("vae", "dae") else None
-            result = run_method(method, phantom["noisy"], acq, mask=mask, model=model, threads=threads)
+        runs = [(m, m, _model_for(m, acq, models, seed, log) if m in ("vae", "dae") else None) for m in methods]
+        runs += [(name, model.model_config.arch, model) for name, model in (variants or {}).items()]
+        for method, kind, model in runs:
+            if model is not None and model.acquisition.mismatch(acq) is not None:
+                entry["methods"][method] = {"status": "skipped", "seconds": 0.0,
+                                            "note": f"model for another protocol ({model.acquisition.mismatch(acq)})"}
+                continue
+            result = run_method(kind, phantom["noisy"], acq, mask=mask, model=model, threads=threads)
             row = {"status": result.status, "note": result.note, "seconds": result.seconds}
             if result.status == "ok":
                 row |= score(result.denoised, clean, labels, reference, acq)

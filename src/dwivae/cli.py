@@ -188,19 +188,25 @@ def cmd_phantom(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
+    from dwivae.baselines import METHODS
     from dwivae.benchmark import format_markdown, run_benchmark, write_results
     from dwivae.checkpoint import load_model
 
     for name in ("results.json", "results.md"):
         _refuse_existing(args.out / name, args.force)
     models = [load_model(path) for path in args.models]
+    variants = {name: load_model(path) for name, path in _named_models(args.variants).items()}
+    clash = set(variants) & set(METHODS)
+    if clash:
+        raise InputError(f"variant directory names must differ from the methods' ({', '.join(sorted(clash))})")
     args.out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["dwivae", *args.argv])
 
     def save(results: dict) -> None:  # after each phantom, so a long run keeps what it measured
         write_results({**results, "command": command}, args.out, force=True)
 
-    results = run_benchmark(args.phantom, methods=args.methods, models=models, threads=args.threads,
+    results = run_benchmark(args.phantom, methods=args.methods, models=models, variants=variants,
+                            threads=args.threads,
                             seed=args.seed, log=(lambda line: None) if args.quiet else print, fa_maps=args.out,
                             done=save)
     results["command"] = command
@@ -355,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, nargs="+", default=[],
                    help="model directories for vae/dae (default: the cached model of each protocol, "
                         "trained first if missing)")
+    p.add_argument("--variants", type=Path, nargs="+", default=[],
+                   help="more model directories, each scored as a method named after its directory")
     p.add_argument("--threads", type=int, default=1, help="threads for dwidenoise (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of models trained here")
     p.add_argument("--out", type=Path, required=True, help="directory for results.json, results.md, FA maps")
