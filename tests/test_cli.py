@@ -188,5 +188,8 @@ def test_train_with_rician_noise_and_an_snr_range(tmp_path, capsys):
                  "--quiet", "--out", str(out)]) == 0
     config = load_model(out).train_config
     assert config.noise == "rician" and config.snr_range == (5.0, 50.0)
+    wide = tmp_path / "wide"
+    assert main(["train", "--protocol", "seed32", "--hidden", "64", "32", "16", "--quiet", "--out", str(wide)]) == 0
+    assert load_model(wide).model_config.widths() == (32, 64, 32, 16)
     _fails(capsys, ["train", "--protocol", "seed32", "--preset", "study", "--noise", "rician", "--quiet",
                     "--out", str(tmp_path / "x")], "need fresh samples each epoch")

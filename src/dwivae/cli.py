@@ -89,7 +89,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             bar.set_postfix(loss=f"{record['total']:.4g}", **({"test_mse": f"{record['test_mse']:.4g}"}
                                                               if "test_mse" in record else {}))
             bar.update()
-        model = train(acq, arch=args.arch, latent=args.latent, seed=args.seed, config=config, callback=show)
+        model = train(acq, arch=args.arch, latent=args.latent, seed=args.seed, config=config, callback=show,
+                      hidden=tuple(args.hidden) if args.hidden else None)
     save_model(model, args.out, force=args.force)
     s = model.summary
     print(f"trained {args.arch} (latent {args.latent}) for {acq.describe()}: test MSE {s['test_mse']:.4g}, "
@@ -273,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     _protocol_args(p)
     p.add_argument("--arch", choices=("vae", "dae"), default="vae")
     p.add_argument("--latent", type=int, default=7, help="latent size (default 7)")
+    p.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH",
+                   help="encoder hidden widths (default: the study's, narrowing evenly to the latent, e.g. 26 20 13)")
     p.add_argument("--preset", choices=("default", "study"), default="default",
                    help="default: fresh noise on fewer samples; study: all atoms x 31 levels")
     p.add_argument("--epochs", type=int)
