@@ -7,7 +7,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dwivae.acquisition import seed32
 from dwivae.cli import main
 from dwivae.errors import InputError
 from dwivae.phantom import S0, make_phantom

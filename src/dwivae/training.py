@@ -69,8 +69,8 @@ class TrainConfig:
     fresh_atoms : bool
         Online simulation: every batch draws new clean signals from the random atom source
         instead of picking training atoms from a fixed dictionary, so no sample repeats and
-        memory does not grow with the parameter space (needs ``samples_per_epoch``; the held-out
-        atoms still measure the test MSE).
+        memory does not grow with the parameter space (needs ``samples_per_epoch``; only the
+        held-out atoms that measure the test MSE are simulated up front).
     """
 
     epochs: int = 40
@@ -284,7 +284,10 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
     streams = seed_streams(seed)
     started = time.perf_counter()
     if split is None:
-        split = simulate_split(acq, seed=seed, atoms=config.atoms, n_atoms=config.n_atoms,
+        # Fresh atoms leave the split's training atoms unused: simulate only what the test MSE needs.
+        n_atoms = (min(config.n_atoms, math.ceil(MONITOR_ATOMS / config.test_fraction)) if config.fresh_atoms
+                   else config.n_atoms)
+        split = simulate_split(acq, seed=seed, atoms=config.atoms, n_atoms=n_atoms,
                                test_fraction=config.test_fraction)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(streams["init"].generate_state(1)[0]))
