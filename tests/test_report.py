@@ -16,7 +16,8 @@ from dwivae.acquisition import load_acquisition
 from dwivae.checkpoint import save_model
 from dwivae.cli import main
 from dwivae.denoise import denoise_file
-from dwivae.report import build_report, changed_voxels, volume_figures
+from dwivae.gallery import changed_voxels, volume_figures
+from dwivae.report import build_report
 
 ARTIFACTS = Path(os.environ.get("DWIVAE_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking")

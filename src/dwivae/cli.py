@@ -157,7 +157,7 @@ def _named_models(paths: Sequence[Path]) -> dict[str, Path]:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from dwivae.report import save_figures
+    from dwivae.gallery import save_figures
 
     listing = save_figures(args.out, outputs=args.denoised, models=_named_models(args.models),
                            benchmark=args.benchmark, fmt=args.format, slices=args.slices, seed=args.seed,
