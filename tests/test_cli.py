@@ -193,3 +193,22 @@ def test_train_with_rician_noise_and_an_snr_range(tmp_path, capsys):
     assert load_model(wide).model_config.widths() == (32, 64, 32, 16)
     _fails(capsys, ["train", "--protocol", "seed32", "--preset", "study", "--noise", "rician", "--quiet",
                     "--out", str(tmp_path / "x")], "need fresh samples each epoch")
+
+
+def test_train_measures_the_snr_range_on_data(tmp_path, capsys):
+    from dwivae.noise import snr_range
+    assert main(["phantom", "--protocol", "seed32", "--shape", "24", "24", "12", "--snr", "25", "--out",
+                 str(tmp_path / "ph")]) == 0
+    dwi, bval, bvec = (tmp_path / "ph" / name for name in ("dwi.nii.gz", "dwi.bval", "dwi.bvec"))
+    labels = nib.load(tmp_path / "ph" / "labels.nii.gz").get_fdata() > 0
+    nib.save(nib.Nifti1Image(labels.astype(np.uint8), nib.load(dwi).affine), tmp_path / "mask.nii.gz")
+    out = tmp_path / "matched"
+    assert main(["train", "--bvals", str(bval), "--bvecs", str(bvec), "--snr-from", str(dwi), "--mask",
+                 str(tmp_path / "mask.nii.gz"), "--quiet", "--out", str(out)]) == 0
+    assert "sigma" in capsys.readouterr().err
+    from dwivae.acquisition import load_acquisition
+    data = np.asarray(nib.load(dwi).dataobj, dtype=np.float32)
+    _, expected = snr_range(data, load_acquisition(bval, bvec), labels)
+    np.testing.assert_allclose(load_model(out).train_config.snr_range, expected, rtol=1e-6)
+    _fails(capsys, ["train", "--bvals", str(bval), "--bvecs", str(bvec), "--snr-from", str(dwi), "--snr-range",
+                    "5", "50", "--quiet", "--out", str(tmp_path / "x")], "not both")

@@ -69,6 +69,25 @@ def cmd_simulate(args: argparse.Namespace) -> None:
           f"noisy samples for {acq.describe()} -> {args.out}")
 
 
+def _snr_from_data(dwi: Path, acq, mask_arg: str) -> tuple[float, float]:
+    """The training SNR range measured on a diffusion series of the training protocol."""
+    import numpy as np
+
+    from dwivae import io
+    from dwivae.denoise import auto_mask
+    from dwivae.noise import snr_range
+
+    img = io.load_dwi(dwi)
+    if img.shape[3] != acq.n_volumes:
+        raise InputError(f"{dwi.name} has {img.shape[3]} volumes but the protocol has {acq.n_volumes}: "
+                         "pass the gradient files of that series")
+    mask = auto_mask(img, acq) if mask_arg == "auto" else io.load_mask(mask_arg, img)
+    sigma, (low, high) = snr_range(np.asarray(img.dataobj, dtype=np.float32), acq, mask)
+    print(f"{dwi.name}: sigma {sigma:.4g} from the b0 volumes; training SNR range {low:.3g}-{high:.3g}",
+          file=sys.stderr)
+    return low, high
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -83,6 +102,10 @@ def cmd_train(args: argparse.Namespace) -> None:
                                    "atoms": args.atoms, "noise": args.noise, "coils": args.coils,
                                    "snr_range": args.snr_range,
                                    "fresh_atoms": args.fresh_atoms or None}.items() if v is not None}
+    if args.snr_from is not None:
+        if args.snr_range is not None:
+            raise InputError("give --snr-range or --snr-from, not both")
+        overrides["snr_range"] = _snr_from_data(args.snr_from, acq, args.mask)
     config = replace(config, **overrides)
     with tqdm(total=config.epochs, desc=f"train {args.arch}", unit="epoch", disable=args.quiet) as bar:
         def show(record: dict) -> None:
@@ -291,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="draw each sample's SNR (S0 / sigma) log-uniformly from this range instead of "
                         "the study's 31 noise levels")
+    p.add_argument("--snr-from", type=Path, metavar="DWI",
+                   help="measure the SNR range on this series of the protocol (sigma from its b0 volumes; "
+                        "needs two or more b0s)")
+    p.add_argument("--mask", default="auto", help="mask for --snr-from: a NIfTI file or 'auto' (median_otsu)")
     p.add_argument("--fresh-atoms", action="store_true",
                    help="online simulation: new random clean signals every batch (random, sticks or mixed atoms)")
     p.add_argument("--seed", type=int, default=0, help="fixes simulation, split and initialisation")
