@@ -124,11 +124,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from dwivae.checkpoint import load_model
     from dwivae.evaluation import evaluate, format_table
 
-    names = [Path(p).resolve().name for p in args.models]
-    if len(set(names)) != len(names) or "noisy" in names:
-        raise InputError(f"model directory names must be distinct and not 'noisy', got {', '.join(names)}")
+    paths = _named_models(args.models)
+    if "noisy" in paths:
+        raise InputError("a model directory may not be named 'noisy' (the metrics' name for the noisy input)")
     _refuse_existing(args.out / "metrics.json", args.force)
-    models = {name: load_model(path) for name, path in zip(names, args.models)}
+    models = {name: load_model(path) for name, path in paths.items()}
     results = evaluate(models)
     args.out.mkdir(parents=True, exist_ok=True)
     _write_json(args.out / "metrics.json", results)
