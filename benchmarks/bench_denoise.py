@@ -4,7 +4,8 @@ A 96 x 96 x 60 x 32 volume of the seed32 protocol (simulated tensors in an ellip
 Rician noise) is written as uncompressed ``.nii``; each method reads it, masks, denoises and writes
 its output, in its own process, timed from outside, with peak memory (maximum resident set size)
 from ``/usr/bin/time -v``. A volume 4x larger (240 slices) shows that dwivae's memory stays bounded.
-Also prints the network's inference rate (voxels/s) on in-memory signals.
+Also prints the network's inference rate (voxels/s) on in-memory signals: torch against the
+compiled kernel (:mod:`dwivae.kernel`), 1 and 2 threads.
 
 Usage: ``python benchmarks/bench_denoise.py [--model DIR] [--out benchmarks/results/denoise.json] [--skip-peers]``
 """
@@ -27,8 +28,9 @@ import torch
 
 from dwivae.acquisition import save_acquisition, seed32
 from dwivae.checkpoint import load_model, save_model
+from dwivae.kernel import compiled_forward
 from dwivae.simulate import random_tensors, tensor_signals
-from dwivae.training import PRESETS, reconstruct, train
+from dwivae.training import PRESETS, train
 
 
 def make_volume(shape: tuple[int, int, int], path: Path, *, seed: int = 0) -> None:
@@ -59,16 +61,38 @@ def timed(cmd: list[str]) -> dict:
     return {"wall_seconds": round(wall, 3), "peak_memory_mb": round(rss_kb / 1024, 1)}
 
 
-def inference_rate(model, *, voxels: int = 2_000_000, repeats: int = 3) -> float:
-    """Voxels per second of the deterministic forward pass on in-memory signals."""
+@torch.inference_mode()
+def torch_forward(network, x: np.ndarray, *, batch_size: int = 1 << 16) -> np.ndarray:
+    """The deterministic forward pass in torch, batch by batch (what the kernel replaces)."""
+    out = np.empty_like(x)
+    for start in range(0, len(x), batch_size):
+        out[start:start + batch_size] = network(torch.from_numpy(x[start:start + batch_size]))[0].numpy()
+    return out
+
+
+def inference_rates(model, *, voxels: int = 2_000_000, repeats: int = 5) -> dict[str, float]:
+    """Voxels per second of the deterministic forward pass on in-memory signals, torch against the
+    compiled kernel at 1 and 2 threads, interleaved (best of ``repeats``)."""
     x = np.random.default_rng(0).uniform(0, 1, (voxels, model.model_config.n_inputs)).astype(np.float32)
-    reconstruct(model.network, x[:1000])
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        reconstruct(model.network, x)
-        best = min(best, time.perf_counter() - started)
-    return voxels / best
+    compiled = compiled_forward(model.network)
+    threads = torch.get_num_threads()
+    runs = {}
+    for n in (1, 2):
+        runs[f"torch, {n} thread{'s' * (n > 1)}"] = (n, lambda a: torch_forward(model.network, a))
+        if compiled is not None:
+            runs[f"compiled kernel, {n} thread{'s' * (n > 1)}"] = (n, lambda a, n=n: compiled(a, threads=n))
+    best = dict.fromkeys(runs, float("inf"))
+    try:
+        for _ in range(repeats):
+            for name, (n, run) in runs.items():
+                torch.set_num_threads(n)
+                run(x[:1000])
+                started = time.perf_counter()
+                run(x)
+                best[name] = min(best[name], time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    return {name: voxels / seconds for name, seconds in best.items()}
 
 
 def main() -> None:
@@ -88,8 +112,10 @@ def main() -> None:
         else:
             model, model_dir = train(acq, arch="vae", seed=0, config=PRESETS["default"]), tmp / "vae"
             save_model(model, model_dir)
-        results["inference_voxels_per_second"] = round(inference_rate(model))
-        print(f"inference: {results['inference_voxels_per_second'] / 1e6:.1f} M voxels/s (latent 7, in memory)")
+        rates = inference_rates(model)
+        results["inference_voxels_per_second"] = {name: round(rate) for name, rate in rates.items()}
+        for name, rate in rates.items():
+            print(f"inference, {name:<28} {rate / 1e6:6.2f} M voxels/s (latent 7, in memory)")
         for label, shape in (("96x96x60x32", (96, 96, 60)), ("96x96x240x32 (4x)", (96, 96, 240))):
             dwi = tmp / f"dwi_{shape[2]}.nii"
             make_volume(shape, dwi)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_TRAINING, real_sample, write_gradients
-from dwivae import training
+from dwivae import kernel, training
 from dwivae.checkpoint import load_model, save_model
 from dwivae.cli import main
 
@@ -102,6 +102,7 @@ def test_denoise_command(tmp_path, capsys, small64):
     sidecar = json.loads((tmp_path / "dn.json").read_text())
     assert sidecar["GeneratedBy"][0]["Name"] == "dwivae" and sidecar["VoxelsDenoised"] > 0
     assert sidecar["ProtocolFingerprint"] and sidecar["Model"]["fingerprint"]
+    assert sidecar["ForwardPass"] == ("compiled" if kernel.compiled_forward(load_model(model_dir).network) else "torch")
     before = out.read_bytes()
     _fails(capsys, argv, "exists; pass --force")
     assert out.read_bytes() == before

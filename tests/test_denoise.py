@@ -53,6 +53,19 @@ def test_in_memory_api_mask_and_invalid_voxels(trained_for):
     assert np.any(out[2:5, 2:8, 2:8] != data[2:5, 2:8, 2:8])
 
 
+@pytest.mark.parametrize("name", ["small_64D", "mrtrix_msmt_dwi"])
+def test_compiled_and_torch_forward_passes_agree(trained_for, name, monkeypatch):
+    dwi, bval, bvec = real_sample(name)
+    acq = load_acquisition(bval, bvec)
+    data = np.asarray(nib.load(dwi).dataobj, dtype=np.float32)
+    model = trained_for(name)
+    compiled = denoise(data, acq, model)
+    monkeypatch.setenv("DWIVAE_KERNEL", "torch")
+    plain = denoise(data, acq, model)
+    assert np.any(plain != data)
+    np.testing.assert_allclose(compiled, plain, rtol=1e-5, atol=1e-5 * float(np.abs(data).max()))
+
+
 def test_posterior_std_needs_vae_and_is_positive(trained_for):
     dwi, bval, bvec = real_sample("small_64D")
     acq = load_acquisition(bval, bvec)

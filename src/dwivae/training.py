@@ -14,6 +14,7 @@ from dwivae.dataset import (SimulatedSplit, clean_atoms, noisy_copies, seed_stre
                             held_out_pairs, torch_generator)
 from dwivae.errors import InputError
 from dwivae.fused import make_step
+from dwivae.kernel import compiled_forward
 from dwivae.losses import beta_schedule, kl_divergence, reconstruction_loss
 from dwivae.models import Autoencoder, ModelConfig, build_model
 from dwivae.simulate import NOISE_KINDS, add_gaussian_noise, add_noncentral_chi_noise
@@ -186,8 +187,14 @@ class AutogradStep:
 @torch.inference_mode()
 def reconstruct(network: Autoencoder, signals: np.ndarray | torch.Tensor, *,
                 batch_size: int = 1 << 16) -> np.ndarray:
-    """Deterministic reconstruction (``z = mu``) of signals (M, N), in batches; float32."""
+    """Deterministic reconstruction (``z = mu``) of signals (M, N), in batches; float32.
+
+    Runs the compiled kernel of :mod:`dwivae.kernel` where it can be built, torch otherwise.
+    """
     network.eval()
+    compiled = compiled_forward(network)
+    if compiled is not None:
+        return compiled(np.asarray(signals, dtype=np.float32), threads=torch.get_num_threads())
     x = torch.as_tensor(signals, dtype=torch.float32)
     out = torch.empty_like(x)
     for start in range(0, len(x), batch_size):

@@ -1,0 +1,91 @@
+"""The compiled forward pass agrees with torch, and falls back to torch when it cannot be built."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dwivae import kernel
+from dwivae.models import ModelConfig, build_model
+
+HAS_COMPILER = bool(os.environ.get("CI")) or shutil.which("cc") is not None
+needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler to build the kernel")
+
+
+def torch_forward(net, x: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    s = np.ones(len(x), np.float32) if scale is None else scale
+    with torch.inference_mode():
+        mu, _ = net.encode(torch.from_numpy(x / s[:, None]))
+        return (net.decode(mu) * torch.from_numpy(s)[:, None]).numpy()
+
+
+@needs_compiler
+@pytest.mark.parametrize("arch, activation, n_inputs, hidden", [
+    ("vae", "elu", 32, ()), ("dae", "elu", 32, ()), ("vae", "relu", 65, ()),
+    ("vae", "leaky_relu", 102, (80, 40, 20)),
+])
+@pytest.mark.parametrize("n", [1, 31, 33, 1000])
+def test_compiled_forward_matches_torch(arch, activation, n_inputs, hidden, n):
+    torch.manual_seed(1)
+    net = build_model(ModelConfig(arch=arch, n_inputs=n_inputs, activation=activation, hidden=hidden)).eval()
+    compiled = kernel.compiled_forward(net)
+    assert compiled is not None
+    rng = np.random.default_rng(0)
+    x = rng.random((n, n_inputs), dtype=np.float32) * 3 - 1  # negative inputs drive ELU's exp branch
+    scale = rng.random(n, dtype=np.float32) * 900 + 100
+    for s in (scale, None):
+        atol = 2e-6 if s is None else 2e-3  # outputs in [0, 1], or scaled by up to 1000
+        np.testing.assert_allclose(compiled(x, s), torch_forward(net, x, s), rtol=2e-5, atol=atol)
+
+
+@needs_compiler
+def test_compiled_forward_threads_give_identical_results():
+    torch.manual_seed(0)
+    compiled = kernel.compiled_forward(build_model(ModelConfig()).eval())
+    x = np.random.default_rng(0).random((10_000, 32), dtype=np.float32)
+    np.testing.assert_array_equal(compiled(x, threads=1), compiled(x, threads=2))
+
+
+@needs_compiler
+def test_compiled_forward_checks_the_input_shape():
+    compiled = kernel.compiled_forward(build_model(ModelConfig()).eval())
+    with pytest.raises(ValueError, match=r"shape \(M, 32\)"):
+        compiled(np.zeros((4, 30), np.float32))
+
+
+def test_torch_is_used_when_asked_or_when_the_kernel_cannot_be_built(monkeypatch):
+    net = build_model(ModelConfig()).eval()
+    monkeypatch.setenv("DWIVAE_KERNEL", "torch")
+    assert kernel.compiled_forward(net) is None
+    monkeypatch.delenv("DWIVAE_KERNEL")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    kernel._library.cache_clear()
+    try:
+        assert kernel.compiled_forward(net) is None
+    finally:
+        monkeypatch.delenv("CC")
+        kernel._library.cache_clear()
+
+
+def test_layers_the_kernel_does_not_implement_are_refused():
+    net = build_model(ModelConfig(n_inputs=1100, latent=7)).eval()
+    assert kernel.compiled_forward(net) is None
+    odd = build_model(ModelConfig()).eval()
+    odd.encoder[1].alpha = 0.5  # an ELU the kernel does not compute
+    assert kernel.compiled_forward(odd) is None
+
+
+@needs_compiler
+def test_kernel_is_built_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    kernel._library.cache_clear()
+    try:
+        assert kernel.compiled_forward(build_model(ModelConfig()).eval()) is not None
+        built = list((tmp_path / "dwivae" / "kernels").glob("forward-*.so"))
+        assert len(built) == 1
+        assert not [p for p in built[0].parent.iterdir() if p != built[0]]  # no leftovers
+    finally:
+        kernel._library.cache_clear()
