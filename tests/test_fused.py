@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from dwivae.fused import FusedStep, UnsupportedNetwork, make_step
+from dwivae import kernel
+from dwivae.compiled_step import CompiledStep
+from dwivae.fused import FusedStep, UnsupportedNetwork
 from dwivae.models import ModelConfig, build_model
-from dwivae.training import AutogradStep
+from dwivae.training import AutogradStep, make_step
 
 
 @pytest.fixture(autouse=True)
@@ -39,10 +41,12 @@ def _pair(arch: str, activation: str = "elu", seed: int = 1):
     return net, copy.deepcopy(net)
 
 
-def _run_both(arch, loss, beta, activation="elu", n_steps=5, batch=600, lr=1e-3, **kwargs):
+def _run_both(arch, loss, beta, activation="elu", n_steps=5, batch=600, lr=1e-3, step=FusedStep, **kwargs):
+    """Train copies of one network with AutogradStep and ``step`` on the same batches; check that
+    the losses agree at every step and return both networks."""
     ref, net = _pair(arch, activation)
     auto = AutogradStep(ref, lr=lr, loss=loss)
-    fused = FusedStep(net, lr=lr, loss=loss, **kwargs)
+    fused = step(net, lr=lr, loss=loss, **kwargs)
     for x, y, eps in _batches(arch, n_steps, batch):
         rec_a, kl_a = auto(x, y, eps, beta)
         rec_f, kl_f = fused(x, y, eps, beta)
@@ -145,10 +149,18 @@ def test_unsupported_activation_raises_and_make_step_falls_back():
         FusedStep(double, lr=1e-3, loss="huber")
 
 
-def test_make_step_picks_the_fused_step(monkeypatch):
+def test_make_step_picks_the_fastest_step_that_handles_the_network(monkeypatch):
+    compiled = kernel.library() is not None
     for activation in ("relu", "leaky_relu", "elu"):
         net = build_model(ModelConfig(arch="vae", activation=activation))
-        assert type(make_step(net, lr=1e-3, loss="huber")) is FusedStep
+        assert type(make_step(net, lr=1e-3, loss="huber")) is (CompiledStep if compiled else FusedStep)
+    odd = build_model(ModelConfig())
+    for module in odd.modules():
+        if isinstance(module, nn.ELU):
+            module.alpha = 0.5  # FusedStep handles it, the kernel does not
+    assert type(make_step(odd, lr=1e-3, loss="huber")) is FusedStep
+    monkeypatch.setenv("DWIVAE_KERNEL", "torch")
+    assert type(make_step(build_model(ModelConfig()), lr=1e-3, loss="huber")) is FusedStep
     monkeypatch.setenv("DWIVAE_FUSED", "0")
     assert type(make_step(build_model(ModelConfig()), lr=1e-3, loss="huber")) is AutogradStep
 

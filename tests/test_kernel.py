@@ -84,7 +84,7 @@ def test_kernel_is_built_into_the_cache(tmp_path, monkeypatch):
     kernel._library.cache_clear()
     try:
         assert kernel.compiled_forward(build_model(ModelConfig()).eval()) is not None
-        built = list((tmp_path / "dwivae" / "kernels").glob("forward-*.so"))
+        built = list((tmp_path / "dwivae" / "kernels").glob("kernel-*.so"))
         assert len(built) == 1
         assert not [p for p in built[0].parent.iterdir() if p != built[0]]  # no leftovers
     finally:

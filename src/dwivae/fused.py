@@ -2,8 +2,9 @@
 
 :class:`FusedStep` is a drop-in replacement for :class:`dwivae.training.AutogradStep`
 (``step(x, y, eps, beta) -> (rec, kl)``, same losses, same Adam): the same update up to float32
-rounding (weights agree to ~1e-7 after a few steps), but 2-2.5x faster on the CPU. Use
-:func:`make_step`, which falls back to the autograd step for networks this one does not handle.
+rounding (weights agree to ~1e-7 after a few steps), but 2-2.5x faster on the CPU.
+:class:`~dwivae.compiled_step.CompiledStep` replaces its torch ops by a C kernel;
+:func:`dwivae.training.make_step` picks the fastest step that handles a network.
 
 How
 ---
@@ -61,7 +62,6 @@ weights (every op is single-threaded, the reduction order is fixed). Results dif
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -490,17 +490,3 @@ class FusedStep:
             gW.addmm_(g, x)
             gb.add_(g.sum(1))
         return r, k
-
-
-def make_step(network: Autoencoder, *, lr: float, loss: str):
-    """The training step for ``network``: a :class:`FusedStep`, or an
-    :class:`~dwivae.training.AutogradStep` if the network is not one the fused step handles or the
-    environment variable ``DWIVAE_FUSED`` is ``0``."""
-    from dwivae.training import AutogradStep
-
-    if os.environ.get("DWIVAE_FUSED", "1") != "0":
-        try:
-            return FusedStep(network, lr=lr, loss=loss)
-        except UnsupportedNetwork:
-            pass
-    return AutogradStep(network, lr=lr, loss=loss)

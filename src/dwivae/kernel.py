@@ -1,14 +1,18 @@
-"""A compiled forward pass for denoising: ``forward.c``, built with the system C compiler on first use.
+"""The compiled kernels: a forward pass for denoising and the gradient of a training step, in C.
 
-The networks are small (32-26-20-13-7 and back for seed32), so a batched torch forward pass is
-bound by skinny matrix products and by one pass over memory per layer and activation. The kernel
-instead takes 32 voxels at a time through every layer with the activations kept in L1 cache and
-vector registers, and a polynomial ``exp`` for ELU and the sigmoid (outputs agree with torch to
-~1e-6). It is built once per machine into ``$XDG_CACHE_HOME/dwivae/kernels`` (``-O3
--march=native``; keyed by the source, the compiler and the CPU's feature flags) and loaded with
-ctypes, which releases the GIL, so ``threads`` chunks of voxels run in parallel.
+``forward.c`` and ``train_step.c`` (with ``simd.h``) are built with the system C compiler on
+first use into ``$XDG_CACHE_HOME/dwivae/kernels`` (``-O3 -march=native``, 0.3 s; keyed by the
+sources, the compiler and the CPU's feature flags) and loaded with ctypes, which releases the GIL,
+so chunks of voxels or samples run in parallel threads.
 
-Without a C compiler, or with ``DWIVAE_KERNEL=torch`` in the environment, :func:`compiled_forward`
+The networks are small (32-26-20-13-7 and back for seed32), so a batched torch pass is bound by
+skinny matrix products and by one pass over memory per layer and activation. The kernels instead
+take 32 (forward) or 128 (training) samples at a time through every layer with the activations
+kept in cache and vector registers, and a polynomial ``exp`` for ELU and the sigmoid (outputs
+agree with torch to ~1e-6). :func:`compiled_forward` wraps the forward pass;
+:class:`dwivae.compiled_step.CompiledStep` the training step.
+
+Without a C compiler, or with ``DWIVAE_KERNEL=torch`` in the environment, :func:`library`
 returns None and callers use torch: same results up to float32 rounding, slower.
 """
 from __future__ import annotations
@@ -28,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-SOURCE = "forward.c"
+SOURCES = ("simd.h", "forward.c", "train_step.c")
+"""The kernel's C sources (package data); the .c files are compiled into one shared library."""
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-std=gnu11", "-fPIC", "-shared")
 MAX_WIDTH = 1024
 """The widest layer the kernel takes (``MAXW`` in forward.c)."""
@@ -56,28 +61,39 @@ def _library() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not compiler:
         return None
-    source = resources.files("dwivae").joinpath(SOURCE).read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(),
+    sources = {name: resources.files("dwivae").joinpath(name).read_bytes() for name in SOURCES}
+    key = hashlib.sha256(b"\0".join([*sources.values(), compiler.encode(), " ".join(FLAGS).encode(),
                                      _cpu_signature().encode(), platform.platform().encode()]))
-    path = kernel_dir() / f"forward-{key.hexdigest()[:16]}.so"
+    path = kernel_dir() / f"kernel-{key.hexdigest()[:16]}.so"
     try:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                src = Path(tmp) / SOURCE
-                src.write_bytes(source)
+                for name, text in sources.items():
+                    (Path(tmp) / name).write_bytes(text)
                 built = Path(tmp) / path.name
-                subprocess.run([compiler, *FLAGS, "-o", str(built), str(src)], check=True,
-                               capture_output=True, timeout=120)
+                subprocess.run([compiler, *FLAGS, "-o", str(built),
+                                *(str(Path(tmp) / name) for name in SOURCES if name.endswith(".c"))],
+                               check=True, capture_output=True, timeout=120)
                 os.replace(built, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError):
         return None
-    f32 = ctypes.POINTER(ctypes.c_float)
-    i32 = ctypes.POINTER(ctypes.c_int)
+    f32, i32, i64 = (ctypes.POINTER(t) for t in (ctypes.c_float, ctypes.c_int, ctypes.c_int64))
     lib.dwivae_forward.argtypes = [f32, f32, f32, ctypes.c_int64, ctypes.c_int, i32, f32, i32]
     lib.dwivae_forward.restype = ctypes.c_int
+    lib.dwivae_train_step.argtypes = [
+        f32, i64, f32, i64, f32, ctypes.c_int64, ctypes.c_int, ctypes.c_int, i32, i32, ctypes.c_int,
+        ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_float, f32, f32, ctypes.POINTER(ctypes.c_double)]
+    lib.dwivae_train_step.restype = ctypes.c_int
     return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (``DWIVAE_KERNEL=torch``, or no C compiler could build them)."""
+    if os.environ.get("DWIVAE_KERNEL", "").lower() == "torch":
+        return None
+    return _library()
 
 
 class CompiledForward:
@@ -169,8 +185,6 @@ def compiled_forward(network: nn.Module) -> CompiledForward | None:
     None when ``DWIVAE_KERNEL=torch`` is set, no C compiler builds the kernel, or the network has a
     layer the kernel does not implement; use torch then.
     """
-    if os.environ.get("DWIVAE_KERNEL", "").lower() == "torch":
-        return None
     layers = _layers(network)
-    library = _library() if layers else None
-    return CompiledForward(library, layers) if library is not None else None
+    lib = library() if layers else None
+    return CompiledForward(lib, layers) if lib is not None else None

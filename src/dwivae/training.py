@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -13,7 +14,8 @@ from dwivae.acquisition import Acquisition
 from dwivae.dataset import (SimulatedSplit, clean_atoms, noisy_copies, seed_streams, simulate_split,
                             held_out_pairs, torch_generator)
 from dwivae.errors import InputError
-from dwivae.fused import make_step
+from dwivae.compiled_step import CompiledStep
+from dwivae.fused import FusedStep, UnsupportedNetwork
 from dwivae.kernel import compiled_forward
 from dwivae.losses import beta_schedule, kl_divergence, reconstruction_loss
 from dwivae.models import Autoencoder, ModelConfig, build_model
@@ -283,6 +285,20 @@ def train(
         torch.set_num_threads(threads)
 
 
+def make_step(network: Autoencoder, *, lr: float, loss: str):
+    """The fastest training step that handles ``network``: :class:`~dwivae.compiled_step.CompiledStep`
+    (C kernel), else :class:`~dwivae.fused.FusedStep` (hand-written torch backward), else
+    :class:`AutogradStep`. ``DWIVAE_FUSED=0`` in the environment forces the autograd step,
+    ``DWIVAE_KERNEL=torch`` rules out the C kernel. All give the same update up to float32 rounding."""
+    if os.environ.get("DWIVAE_FUSED", "1") != "0":
+        for step in (CompiledStep, FusedStep):
+            try:
+                return step(network, lr=lr, loss=loss)
+            except UnsupportedNetwork:
+                pass
+    return AutogradStep(network, lr=lr, loss=loss)
+
+
 def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: TrainConfig | None,
            split: SimulatedSplit | None, callback: Callable[[dict], None] | None,
            hidden: tuple[int, ...] | None) -> TrainedModel:
@@ -314,6 +330,7 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
     batch = min(config.batch_size, epoch_size)
     steps = epoch_size // batch
     step = make_step(network, lr=config.lr, loss=config.loss)
+    x_buffer, y_buffer = torch.empty(batch, acq.n_volumes), torch.empty(batch, acq.n_volumes)
     history: list[dict] = []
     train_seconds = 0.0
     for epoch in range(1, config.epochs + 1):
@@ -327,14 +344,17 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
         kl_sum = torch.zeros(())
         order = torch.randperm(epoch_size, generator=generator) if config.samples_per_epoch is None else None
         for k in range(steps):
+            # index_select into buffers: 5-10x faster than advanced indexing (noisy[idx]) here
             if order is not None:
                 idx = order[k * batch:(k + 1) * batch]
-                x, y = noisy[idx], clean[atom[idx]]
+                x = torch.index_select(noisy, 0, idx, out=x_buffer)
+                y = torch.index_select(clean, 0, torch.index_select(atom, 0, idx), out=y_buffer)
             else:
                 if fresh is not None:
                     y = torch.from_numpy(clean_atoms(acq, config.atoms, batch, rng=fresh, tensors=False)[1])
                 else:
-                    y = clean[torch.randint(len(clean), (batch,), generator=generator)]
+                    y = torch.index_select(clean, 0, torch.randint(len(clean), (batch,), generator=generator),
+                                           out=y_buffer)
                 x = _noisy_batch(y, _batch_sigmas(config, sigmas, batch, generator), config, generator)
             eps = torch.randn((batch, latent), generator=generator) if arch == "vae" else None
             rec, kl = step(x, y, eps, kl_weight)
