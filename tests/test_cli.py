@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 from conftest import TINY_TRAINING, real_sample, write_gradients
 from dwivae import kernel, training
 from dwivae.checkpoint import load_model, save_model
+from dwivae.acquisition import load_acquisition
 from dwivae.cli import main
+from dwivae.noise import remove_noise_floor
 
 
 @pytest.fixture(autouse=True)
@@ -213,3 +216,41 @@ def test_train_measures_the_snr_range_on_data(tmp_path, capsys):
     np.testing.assert_allclose(load_model(out).train_config.snr_range, expected, rtol=1e-6)
     _fails(capsys, ["train", "--bvals", str(bval), "--bvecs", str(bvec), "--snr-from", str(dwi), "--snr-range",
                     "5", "50", "--quiet", "--out", str(tmp_path / "x")], "not both")
+
+
+def test_denoise_bias_correct_estimates_sigma_from_the_b0_volumes(tmp_path, capsys):
+    assert main(["phantom", "--protocol", "seed32", "--shape", "24", "24", "12", "--snr", "10", "--noise", "rician",
+                 "--out", str(tmp_path / "ph")]) == 0
+    dwi = tmp_path / "ph" / "dwi.nii.gz"
+    truth = json.loads((tmp_path / "ph" / "phantom.json").read_text())["sigma"]
+    model_dir = save_model(training.train(load_acquisition(tmp_path / "ph" / "dwi.bval", tmp_path / "ph" / "dwi.bvec"),
+                                          arch="vae", seed=0, config=TINY_TRAINING), tmp_path / "m")
+    common = ["denoise", str(dwi), "--model", str(model_dir), "--mask", "none", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "plain.nii.gz")]) == 0
+    assert main([*common, "--bias-correct", "--out", str(tmp_path / "bc.nii.gz")]) == 0
+    side = json.loads((tmp_path / "bc.json").read_text())["BiasCorrection"]
+    assert side["SigmaFrom"] == "b0 volumes" and side["Coils"] == 1
+    assert side["NoiseSigma"] == pytest.approx(truth, rel=0.1)
+    plain, corrected = (np.asarray(nib.load(tmp_path / f"{n}.nii.gz").dataobj) for n in ("plain", "bc"))
+    acq = load_acquisition(tmp_path / "ph" / "dwi.bval", tmp_path / "ph" / "dwi.bvec")
+    np.testing.assert_array_equal(corrected[..., acq.b0_mask], plain[..., acq.b0_mask])  # b0 kept
+    np.testing.assert_allclose(corrected[..., ~acq.b0_mask],
+                               remove_noise_floor(plain[..., ~acq.b0_mask], side["NoiseSigma"]), rtol=1e-5, atol=1e-3)
+    assert np.all(corrected[..., ~acq.b0_mask] <= plain[..., ~acq.b0_mask])
+    assert main([*common, "--bias-correct", "--sigma", "30", "--coils", "4", "--out", str(tmp_path / "given.nii.gz")]) == 0
+    assert json.loads((tmp_path / "given.json").read_text())["BiasCorrection"] == {
+        "NoiseSigma": 30.0, "SigmaFrom": "given", "Coils": 4}
+
+
+def test_denoise_bias_correct_bad_inputs(tmp_path, capsys, small64):
+    dwi, bval, bvec, model_dir = small64
+    common = ["denoise", str(dwi), "--bvals", str(bval), "--bvecs", str(bvec), "--out", str(tmp_path / "o.nii.gz"),
+              "--quiet"]
+    _fails(capsys, [*common, "--model", str(model_dir), "--bias-correct"], "needs at least two")  # one b0
+    _fails(capsys, [*common, "--model", str(model_dir), "--sigma", "20"], "add --bias-correct")
+    _fails(capsys, [*common, "--model", str(model_dir), "--bias-correct", "--sigma", "-1"], "must be positive")
+    rician = training.train(load_acquisition(bval, bvec), arch="dae", seed=0,
+                            config=replace(TINY_TRAINING, noise="rician", snr_range=(5.0, 50.0)))
+    _fails(capsys, [*common, "--model", str(save_model(rician, tmp_path / "r")), "--bias-correct", "--sigma", "20"],
+           "drop --bias-correct")
+    assert not (tmp_path / "o.nii.gz").exists()

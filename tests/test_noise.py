@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dwivae.errors import InputError
-from dwivae.noise import estimate_sigma, snr_range
+from dwivae.noise import estimate_sigma, noncentral_chi_mean, remove_noise_floor, snr_range
 from dwivae.phantom import make_phantom
 
 
@@ -24,3 +24,34 @@ def test_one_b0_is_not_enough():
     acq = Acquisition(np.r_[0, np.full(6, 1000.0)], bvecs)
     with pytest.raises(InputError, match="needs at least two"):
         estimate_sigma(np.ones((4, 4, 4, 7)), acq, np.ones((4, 4, 4), bool))
+
+
+@pytest.mark.parametrize("coils", [1, 4])
+def test_noise_floor_removal_inverts_the_expected_magnitude(coils):
+    sigma = 20.0
+    nu = np.array([0.3, 1.0, 2.5, 10.0, 59.0, 80.0, 500.0]) * sigma
+    expected = noncentral_chi_mean(nu / sigma, coils) * sigma
+    assert np.all(expected > nu)  # the floor lifts every expected magnitude
+    np.testing.assert_allclose(remove_noise_floor(expected, sigma, coils=coils), nu, rtol=1e-4)
+
+
+def test_rician_mean_matches_scipy_and_a_simulation():
+    from scipy.stats import rice
+    theta = np.array([0.0, 0.5, 2.0, 7.0])
+    np.testing.assert_allclose(noncentral_chi_mean(theta), rice(b=theta).mean(), rtol=1e-6)
+    rng = np.random.default_rng(0)
+    nu, sigma = 30.0, 20.0  # SNR 1.5: a floor of about 60 % of nu
+    magnitude = np.hypot(nu + sigma * rng.standard_normal(400_000), sigma * rng.standard_normal(400_000))
+    assert magnitude.mean() > 1.2 * nu
+    assert remove_noise_floor(magnitude.mean(), sigma) == pytest.approx(nu, rel=0.01)
+
+
+def test_noise_floor_removal_edges():
+    floor = noncentral_chi_mean(0.0) * 10.0
+    out = remove_noise_floor(np.array([0.0, 0.5 * floor, floor, np.nan]), 10.0)
+    np.testing.assert_array_equal(out[:3], 0.0)
+    assert np.isnan(out[3]) and out.dtype == np.float32
+    with pytest.raises(InputError, match="must be positive"):
+        remove_noise_floor(np.ones(3), 0.0)
+    with pytest.raises(InputError, match="at least 1"):
+        remove_noise_floor(np.ones(3), 1.0, coils=0)

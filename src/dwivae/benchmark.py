@@ -9,6 +9,7 @@ prints.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -22,6 +23,7 @@ from dwivae.acquisition import Acquisition, load_acquisition
 from dwivae.baselines import METHODS, mean_shift, run_method
 from dwivae.checkpoint import load_or_train
 from dwivae.errors import InputError
+from dwivae.noise import remove_noise_floor
 from dwivae.phantom import LABELS
 from dwivae.training import TrainedModel
 
@@ -53,14 +55,20 @@ def dti_fit(data: np.ndarray, acq: Acquisition, mask: np.ndarray) -> dict[str, n
 
 def score(denoised: np.ndarray, clean: np.ndarray, labels: np.ndarray, reference: Mapping[str, np.ndarray],
           acq: Acquisition) -> dict:
-    """Errors of one denoised series against the clean one and its DTI fit ``reference``."""
+    """Errors of one denoised series against the clean one and its DTI fit ``reference``.
+
+    Besides the absolute errors: ``signal_bias_dw``, the mean signed error of the diffusion-weighted
+    volumes in the mask (a noise floor makes it positive), and ``md_bias``, the mean signed MD error
+    per tissue.
+    """
     mask = labels > 0
     err = denoised[mask] - clean[mask]
     rmse = float(np.sqrt(np.mean(err ** 2)))
     fit = dti_fit(denoised, acq, mask)
     tissue = labels[mask]
     fa_err = np.abs(fit["fa"] - reference["fa"])
-    md_err = np.abs(fit["md"] - reference["md"])
+    md_diff = fit["md"] - reference["md"]
+    md_err = np.abs(md_diff)
     wm = tissue == TISSUES["WM"]
     cosine = np.abs(np.sum(fit["v1"][wm] * reference["v1"][wm], axis=-1)).clip(0, 1)
     return {
@@ -68,6 +76,8 @@ def score(denoised: np.ndarray, clean: np.ndarray, labels: np.ndarray, reference
         "psnr_db": float(20 * np.log10(clean[mask].max() / rmse)) if rmse > 0 else float("inf"),
         "fa_mae": {name: float(fa_err[tissue == v].mean()) for name, v in TISSUES.items()} | {"all": float(fa_err.mean())},
         "md_mae": {name: float(md_err[tissue == v].mean()) for name, v in TISSUES.items()} | {"all": float(md_err.mean())},
+        "md_bias": {name: float(md_diff[tissue == v].mean()) for name, v in TISSUES.items()},
+        "signal_bias_dw": float(err[:, ~acq.b0_mask].mean()),
         "angle_wm_deg": float(np.degrees(np.arccos(cosine)).mean()),
     }
 
@@ -86,7 +96,7 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
                   models: Sequence[TrainedModel] = (), variants: Mapping[str, TrainedModel] | None = None,
                   threads: int = 1, seed: int = 0,
                   log: Callable[[str], None] = print, fa_maps: Path | None = None,
-                  done: Callable[[dict], None] | None = None) -> dict:
+                  done: Callable[[dict], None] | None = None, bias_correct: bool = False) -> dict:
     """Run and score every method on every phantom.
 
     Parameters
@@ -110,6 +120,10 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
         Directory for a figure of each phantom's FA maps, side by side.
     done : callable, optional
         Called with the results so far after each phantom (e.g. to save them as they come).
+    bias_correct : bool
+        On phantoms with Rician or noncentral-chi noise, also score each output with its noise
+        floor removed (:func:`dwivae.noise.remove_noise_floor`, the phantom's sigma and coils;
+        b0 volumes kept) as ``<method>+bc``; not for networks trained on such noise.
 
     Returns
     -------
@@ -138,15 +152,28 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
                 continue
             result = run_method(kind, phantom["noisy"], acq, mask=mask, model=model, threads=threads)
             row = {"status": result.status, "note": result.note, "seconds": result.seconds}
-            if result.status == "ok":
-                row |= score(result.denoised, clean, labels, reference, acq)
-                row["mean_shift"] = mean_shift(result.denoised, phantom["noisy"], mask)
-                maps[method] = _fa_slice(dti_fit(result.denoised, acq, mask)["fa"], mask)
-                log(f"{phantom['name']} {method}: FA error {row['fa_mae']['all']:.4f}, RMSE {row['signal_rmse']:.2f}, "
-                    f"{result.seconds:.1f} s")
-            else:
+            if result.status != "ok":
                 log(f"{phantom['name']} {method}: {result.status} ({result.note})")
-            entry["methods"][method] = row
+                entry["methods"][method] = row
+                continue
+            outputs = [(method, result.denoised, row)]
+            info = phantom["info"]
+            if (bias_correct and info.get("noise") != "gaussian"
+                    and (model is None or model.train_config.noise == "gaussian")):
+                started = time.perf_counter()
+                corrected = result.denoised.copy()
+                dw = ~acq.b0_mask
+                corrected[..., dw] = np.where(mask[..., None], remove_noise_floor(
+                    result.denoised[..., dw], info["sigma"], coils=info.get("coils") or 1), result.denoised[..., dw])
+                outputs.append((f"{method}+bc", corrected,
+                                dict(row, seconds=result.seconds + time.perf_counter() - started)))
+            for name, denoised, scored in outputs:
+                scored |= score(denoised, clean, labels, reference, acq)
+                scored["mean_shift"] = mean_shift(denoised, phantom["noisy"], mask)
+                maps[name] = _fa_slice(dti_fit(denoised, acq, mask)["fa"], mask)
+                log(f"{phantom['name']} {name}: FA error {scored['fa_mae']['all']:.4f}, "
+                    f"RMSE {scored['signal_rmse']:.2f}, {scored['seconds']:.1f} s")
+                entry["methods"][name] = scored
         if fa_maps is not None:
             from dwivae.figures import map_grid
             map_grid(maps, fa_maps / f"fa_maps_{phantom['name']}.png", label="FA", vmin=0.0, vmax=1.0,
@@ -170,16 +197,16 @@ def format_markdown(results: Mapping) -> str:
         s = entry["settings"]
         lines += [f"### {name}: {s['protocol']}, {s['noise']} noise, SNR {s['snr']:g}", "",
                   "| method | RMSE | PSNR dB | FA err WM | FA err GM | FA err CSF | FA err crossing | "
-                  "MD err WM (1e-6 mm²/s) | MD err GM | MD err CSF | angle WM (deg) | seconds |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "MD err WM (1e-6 mm²/s) | MD err GM | MD err CSF | angle WM (deg) | DW bias | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for method, row in entry["methods"].items():
             if row["status"] != "ok":
-                lines.append(f"| {method} | {row['status']}: {row['note']} |" + " |" * 10)
+                lines.append(f"| {method} | {row['status']}: {row['note']} |" + " |" * 11)
                 continue
             fa_cells = " | ".join(f"{row['fa_mae'][t]:.4f}" for t in ("WM", "GM", "CSF", "crossing"))
             md_cells = " | ".join(f"{row['md_mae'][t] * 1e6:.1f}" for t in ("WM", "GM", "CSF"))
             lines.append(f"| {method} | {row['signal_rmse']:.2f} | {row['psnr_db']:.1f} | {fa_cells} | {md_cells} | "
-                         f"{row['angle_wm_deg']:.2f} | {row['seconds']:.1f} |")
+                         f"{row['angle_wm_deg']:.2f} | {row['signal_bias_dw']:.2f} | {row['seconds']:.1f} |")
         lines.append("")
     return "\n".join(lines)
 

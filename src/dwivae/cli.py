@@ -146,6 +146,8 @@ def cmd_denoise(args: argparse.Namespace) -> None:
 
     if bool(args.bvals) != bool(args.bvecs):
         raise InputError("give both --bvals and --bvecs, or neither to use the BIDS files next to the image")
+    if (args.sigma is not None or args.coils != 1) and not args.bias_correct:
+        raise InputError("--sigma and --coils set the noise floor that --bias-correct removes: add --bias-correct")
     bvals, bvecs = (args.bvals, args.bvecs) if args.bvals else io.find_gradient_files(args.dwi)
     acq = load_acquisition(bvals, bvecs)
     io.check_output(args.out, like_img=io.load_dwi(args.dwi), force=args.force)
@@ -163,6 +165,7 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     mask = None if args.mask == "none" else args.mask
     paths, stats = denoise_file(args.dwi, acq, model, args.out, mask=mask, denoise_b0=args.denoise_b0,
                                 uncertainty=args.uncertainty, seed=args.seed, force=args.force,
+                                bias_correct=args.bias_correct, sigma=args.sigma, coils=args.coils,
                                 progress=not args.quiet,
                                 provenance={"Command": shlex.join(["dwivae", *args.argv]),
                                             "Model": {"path": str(Path(model_path).resolve())},
@@ -232,7 +235,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     results = run_benchmark(args.phantom, methods=args.methods, models=models, variants=variants,
                             threads=args.threads,
                             seed=args.seed, log=(lambda line: None) if args.quiet else print, fa_maps=args.out,
-                            done=save)
+                            done=save, bias_correct=args.bias_correct)
     results["command"] = command
     print(format_markdown(results))
     print(f"-> {args.out / 'results.json'}, {args.out / 'results.md'}")
@@ -342,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", default="auto",
                    help="mask NIfTI on the image grid, 'auto' (DIPY median_otsu on the mean b0, default) or 'none'")
     p.add_argument("--denoise-b0", action="store_true", help="replace the b0 volumes too (default: kept as measured)")
+    p.add_argument("--bias-correct", action="store_true",
+                   help="remove the Rician / noncentral-chi noise floor from the output (models trained on "
+                        "Gaussian noise, the default); noise level from --sigma or the b0 volumes' spread")
+    p.add_argument("--sigma", type=float, help="noise standard deviation per channel for --bias-correct "
+                   "(scanner units; default: estimated from two or more b0 volumes)")
+    p.add_argument("--coils", type=int, default=1,
+                   help="receive coils combined by root sum of squares, for --bias-correct (1: Rician)")
     p.add_argument("--uncertainty", type=int, default=0, metavar="K",
                    help="write _uncertainty: the standard deviation over K posterior samples (VAE only)")
     p.add_argument("--threads", type=int, default=1,
@@ -394,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=Path, nargs="+", default=[],
                    help="more model directories, each scored as a method named after its directory")
     p.add_argument("--threads", type=int, default=1, help="threads for dwidenoise (default 1)")
+    p.add_argument("--bias-correct", action="store_true",
+                   help="on Rician / noncentral-chi phantoms, also score each output with the noise floor "
+                        "removed (the phantom's sigma), as METHOD+bc")
     p.add_argument("--seed", type=int, default=0, help="seed of models trained here")
     p.add_argument("--out", type=Path, required=True, help="directory for results.json, results.md, FA maps")
     p.set_defaults(run=cmd_benchmark)

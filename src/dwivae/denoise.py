@@ -22,6 +22,7 @@ from dwivae.checkpoint import model_fingerprint
 from dwivae.dataset import normalise_by_b0
 from dwivae.errors import InputError
 from dwivae.kernel import compiled_forward
+from dwivae.noise import check_noise_model, remove_noise_floor, sigma_from_b0
 from dwivae.training import TrainedModel
 
 
@@ -50,6 +51,13 @@ def check_protocol(model: TrainedModel, acq: Acquisition, *, model_name: str = "
                          "data with `dwivae train --bvals ... --bvecs ... --out DIR`, or pass --train")
 
 
+def check_bias_correction(model: TrainedModel, bias_sigma: float | None) -> None:
+    """Refuse to remove a noise floor that the model has already learned to remove."""
+    if bias_sigma is not None and model.train_config.noise != "gaussian":
+        raise InputError(f"this model was trained on {model.train_config.noise} noise, so its output has no "
+                         "noise floor left: drop --bias-correct")
+
+
 @torch.inference_mode()
 def denoise_signals(
     signals: np.ndarray,
@@ -60,6 +68,8 @@ def denoise_signals(
     batch_size: int = 1 << 16,
     posterior_samples: int = 0,
     generator: torch.Generator | None = None,
+    bias_sigma: float | None = None,
+    coils: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Denoise a stack of voxel signals.
 
@@ -82,6 +92,11 @@ def denoise_signals(
         ``z = mu + sigma * eps``, in the scanner's units.
     generator : torch.Generator, optional
         Source of ``eps`` for the posterior samples.
+    bias_sigma : float, optional
+        With the data's noise level (per real channel, scanner units), the denoised volumes get
+        their Rician / noncentral-chi noise floor removed (:func:`dwivae.noise.remove_noise_floor`).
+    coils : int
+        N of the noncentral chi noise for ``bias_sigma`` (1: Rician).
 
     Returns
     -------
@@ -111,6 +126,8 @@ def denoise_signals(
             denoised = torch.from_numpy(compiled(x[idx], s0[idx], threads=torch.get_num_threads()))
         else:
             denoised = network.decode(mu) * scale
+        if bias_sigma is not None:
+            denoised = torch.from_numpy(remove_noise_floor(denoised.numpy(), bias_sigma, coils=coils))
         if not denoise_b0:
             denoised[:, torch.from_numpy(b0)] = torch.from_numpy(x[idx][:, b0])
         out[idx] = denoised.numpy()
@@ -130,6 +147,8 @@ def denoise(
     mask: np.ndarray | None = None,
     denoise_b0: bool = False,
     batch_size: int = 1 << 16,
+    bias_sigma: float | None = None,
+    coils: int = 1,
 ) -> np.ndarray:
     """Denoise a 4D diffusion series held in memory.
 
@@ -145,6 +164,8 @@ def denoise(
     denoise_b0 : bool
         Also replace the b0 volumes by the model's output.
     batch_size : int
+    bias_sigma, coils
+        Remove the noise floor of the output for this noise level (see :func:`denoise_signals`).
 
     Returns
     -------
@@ -154,11 +175,13 @@ def denoise(
     if data.ndim != 4 or data.shape[-1] != acq.n_volumes:
         raise InputError(f"data of shape {data.shape} does not hold {acq.n_volumes} volumes on a 4th axis")
     check_protocol(model, acq)
+    check_bias_correction(model, bias_sigma)
     if mask is not None and mask.shape != data.shape[:3]:
         raise InputError(f"mask has shape {mask.shape} but the data has {data.shape[:3]}")
     out = data.astype(np.float32, copy=True)
     inside = np.ones(data.shape[:3], bool) if mask is None else mask.astype(bool)
-    out[inside], _, _ = denoise_signals(data[inside], acq, model, denoise_b0=denoise_b0, batch_size=batch_size)
+    out[inside], _, _ = denoise_signals(data[inside], acq, model, denoise_b0=denoise_b0, batch_size=batch_size,
+                                        bias_sigma=bias_sigma, coils=coils)
     return out
 
 
@@ -166,10 +189,14 @@ def auto_mask(img, acq: Acquisition) -> np.ndarray:
     """Brain mask from the mean b0 volume with DIPY's ``median_otsu`` (radius 2, one pass)."""
     from dipy.segment.mask import median_otsu
 
-    b0_index = np.flatnonzero(acq.b0_mask)
-    mean_b0 = np.mean([np.asarray(img.dataobj[..., int(k)], dtype=np.float32) for k in b0_index], axis=0)
-    _, mask = median_otsu(mean_b0, median_radius=2, numpass=1)
+    _, mask = median_otsu(b0_volumes(img, acq).mean(axis=-1), median_radius=2, numpass=1)
     return mask
+
+
+def b0_volumes(img, acq: Acquisition) -> np.ndarray:
+    """The image's b0 volumes, (X, Y, Z, K) float32, read one by one from its data object."""
+    return np.stack([np.asarray(img.dataobj[..., int(k)], dtype=np.float32)
+                     for k in np.flatnonzero(acq.b0_mask)], axis=-1)
 
 
 def denoise_file(
@@ -187,6 +214,9 @@ def denoise_file(
     force: bool = False,
     progress: bool = False,
     provenance: dict | None = None,
+    bias_correct: bool = False,
+    sigma: float | None = None,
+    coils: int = 1,
 ) -> tuple[dict[str, Path], DenoiseStats]:
     """Denoise a NIfTI file slab by slab and write the denoised series and its residual.
 
@@ -208,6 +238,11 @@ def denoise_file(
         slices per slab; voxels per forward pass; overwrite outputs; show a progress bar.
     provenance : dict, optional
         Extra entries for the JSON sidecar (e.g. the command line); a ``Model`` dict is merged.
+    bias_correct : bool
+        Remove the Rician / noncentral-chi noise floor from the denoised volumes (for models
+        trained on Gaussian noise), with noise level ``sigma`` (default: estimated from the spread
+        of the b0 volumes inside the mask, or the automatic mask with ``mask=None``; needs two or
+        more b0 volumes) and ``coils`` (1: Rician).
 
     Notes
     -----
@@ -238,6 +273,13 @@ def denoise_file(
         io.check_output(path, like_img=img, force=force)
     inside = (auto_mask(img, acq) if mask == "auto" else
               np.ones(img.shape[:3], bool) if mask is None else io.load_mask(mask, img))
+    if bias_correct:
+        check_noise_model(sigma, coils)
+        check_bias_correction(model, sigma if sigma is not None else 1.0)
+        sigma_from = "given" if sigma is not None else "b0 volumes"
+        if sigma is None:  # in the brain: background voxels have Rayleigh noise, whose spread is 0.43 sigma²
+            brain = inside if mask is not None else auto_mask(img, acq)
+            sigma = sigma_from_b0(b0_volumes(img, acq)[brain], f"{Path(dwi).name}'s protocol")
     generator = torch.Generator().manual_seed(seed)
     stats = DenoiseStats(outside_mask=int((~inside).sum()),
                          engine="torch" if compiled_forward(model.network) is None else "compiled")
@@ -252,7 +294,8 @@ def denoise_file(
             any_signal |= bool(np.any(signals[np.isfinite(signals)] != 0))
             denoised, valid, std = denoise_signals(
                 signals, acq, model, denoise_b0=denoise_b0, batch_size=batch_size,
-                posterior_samples=uncertainty, generator=generator)
+                posterior_samples=uncertainty, generator=generator,
+                bias_sigma=sigma if bias_correct else None, coils=coils)
             stats.denoised += int(valid.sum())
             stats.skipped += int((~valid).sum())
             result = data.copy()
@@ -277,6 +320,8 @@ def denoise_file(
         "Mask": str(mask),
         "DenoiseB0": denoise_b0,
         "PosteriorSamples": uncertainty,
+        "BiasCorrection": ({"NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils} if bias_correct
+                           else None),
         "VoxelsDenoised": stats.denoised,
         "VoxelsSkipped": stats.skipped,
         "VoxelsOutsideMask": stats.outside_mask,

@@ -1,7 +1,12 @@
-"""The noise level of measured data, to match the training noise to it.
+"""The noise of measured data: its level, to match the training noise to it, and its floor.
 
 With two or more b0 volumes, their spread around each voxel's mean b0 measures sigma without a
 model: the b0 signal is the same in every b0 volume, so what varies is noise.
+
+Magnitude images have a noise floor: where the true signal nu is low, the expected magnitude is
+above it (Rician with one coil, noncentral chi with N coils combined by root sum of squares).
+:func:`remove_noise_floor` maps a denoised magnitude, taken as the expected magnitude, back to
+the nu that has that expectation.
 """
 from __future__ import annotations
 
@@ -31,10 +36,18 @@ def estimate_sigma(data: np.ndarray, acq: Acquisition, mask: np.ndarray) -> floa
         ``sqrt`` of the mean over the mask of each voxel's unbiased b0 variance. At the SNR of
         b0 images (> 5) Rician noise is close to Gaussian, so this is the per-channel sigma.
     """
-    b0 = np.asarray(data[mask][:, acq.b0_mask], dtype=np.float64)
-    if b0.shape[1] < 2:
-        raise InputError(f"{acq.name} has {b0.shape[1]} b0 volume(s): estimating the noise needs at least two; "
-                         "give the SNR range instead (--snr-range)")
+    return sigma_from_b0(np.asarray(data[mask][:, acq.b0_mask]), acq.name)
+
+
+def sigma_from_b0(b0: np.ndarray, protocol: str = "this protocol") -> float:
+    """Noise standard deviation from repeated b0 measurements (M voxels, K >= 2 b0 volumes).
+
+    See :func:`estimate_sigma`.
+    """
+    b0 = np.asarray(b0, dtype=np.float64)
+    if b0.ndim != 2 or b0.shape[1] < 2:
+        raise InputError(f"{protocol} has {b0.shape[-1]} b0 volume(s): estimating the noise needs at least two; "
+                         "give the noise level instead (--snr-range for training, --sigma for denoising)")
     if len(b0) == 0:
         raise InputError("the mask is empty: no voxel to estimate the noise from")
     return float(np.sqrt(b0.var(axis=1, ddof=1).mean()))
@@ -57,3 +70,60 @@ def snr_range(data: np.ndarray, acq: Acquisition, mask: np.ndarray, *,
     low, high = np.percentile(s0 / sigma, [5, 95])
     clip = lambda v: float(np.clip(v, *SNR_LIMITS))  # noqa: E731
     return sigma, (clip(low / widen), clip(high * widen))
+
+
+def noncentral_chi_mean(theta: np.ndarray, coils: int = 1) -> np.ndarray:
+    """Expected magnitude over sigma, ``E[M] / sigma``, for a true signal ``nu = theta * sigma``.
+
+    Notes
+    -----
+    ``E[M] = sigma sqrt(2) Gamma(N + 1/2) / Gamma(N) 1F1(-1/2; N; -nu² / (2 sigma²))`` for the
+    root sum of squares of N coils, each with Gaussian noise of standard deviation sigma in its real
+    and imaginary parts and the signal split evenly (Constantinides et al. 1997, MRM 38:852; N = 1
+    is Rician: ``sigma sqrt(pi/2) L_1/2(-nu² / (2 sigma²))``).
+    """
+    from scipy.special import gammaln, hyp1f1
+
+    theta = np.asarray(theta, dtype=np.float64)
+    return np.sqrt(2.0) * np.exp(gammaln(coils + 0.5) - gammaln(coils)) * hyp1f1(-0.5, coils, -theta ** 2 / 2)
+
+
+_THETA = np.linspace(0.0, 60.0, 12001)
+"""Grid of nu / sigma on which :func:`noncentral_chi_mean` is inverted; above it,
+``E[M]² = nu² + (2N - 1) sigma²`` holds to better than 1e-6 relative."""
+
+
+def check_noise_model(sigma: float | None, coils: int) -> None:
+    """Refuse a noise level that is not positive (None: to be estimated) or fewer than one coil."""
+    if sigma is not None and not sigma > 0:
+        raise InputError(f"the noise level must be positive, got sigma = {sigma}")
+    if coils < 1:
+        raise InputError(f"the number of coils must be at least 1, got {coils}")
+
+
+def remove_noise_floor(signal: np.ndarray, sigma: float, *, coils: int = 1) -> np.ndarray:
+    """The true signal nu whose expected magnitude is ``signal`` (the noise floor removed).
+
+    Parameters
+    ----------
+    signal : ndarray
+        Expected magnitudes, e.g. a denoised series, in the data's units.
+    sigma : float
+        Noise standard deviation per real channel, same units.
+    coils : int
+        N of the noncentral chi distribution (1: Rician).
+
+    Returns
+    -------
+    ndarray, float32
+        nu, 0 where ``signal`` is at or below the floor ``E[M | nu = 0]``; non-finite values are
+        kept as they are.
+    """
+    check_noise_model(sigma, coils)
+    ratio = np.asarray(signal, dtype=np.float64) / sigma
+    means = noncentral_chi_mean(_THETA, coils)
+    theta = np.interp(ratio, means, _THETA, left=0.0)
+    high = ratio > means[-1]
+    theta = np.where(high, np.sqrt(np.where(high, ratio, means[-1]) ** 2 - (2 * coils - 1)), theta)
+    theta = np.where(np.isfinite(ratio), theta, ratio)
+    return np.asarray(theta * sigma, dtype=np.float32)
