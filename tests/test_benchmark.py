@@ -65,15 +65,17 @@ def test_benchmark_command_writes_the_numbers_it_prints(phantom_dir, tmp_path, c
     assert "not a phantom directory" in capsys.readouterr().err
 
 
-def test_bias_corrected_rows_remove_the_noise_floor(phantom_dir, tmp_path):
+def test_bias_corrected_and_spatial_rows(phantom_dir, tmp_path):
     from dwivae.benchmark import run_benchmark
     rician = training.train(load_phantom(phantom_dir)["acq"], arch="dae", seed=0,
                             config=replace(TINY_TRAINING, noise="rician", snr_range=(10.0, 40.0)))
     results = run_benchmark([phantom_dir], methods=["svd"], variants={"dae_rician": rician}, log=lambda _: None,
-                            bias_correct=True)
+                            bias_correct=True, spatial=2.0)
     rows = results["phantoms"]["seed32_snr20"]["methods"]
-    # a network trained on Rician noise has no floor left to remove: no dae_rician+bc
-    assert list(rows) == ["noisy", "noisy+bc", "svd", "svd+bc", "dae_rician"]
+    # a network trained on Rician noise has no floor left to remove: no dae_rician+bc; only networks
+    # get a +spatial row
+    assert list(rows) == ["noisy", "noisy+bc", "svd", "svd+bc", "dae_rician", "dae_rician+spatial"]
+    assert rows["dae_rician+spatial"]["status"] == "ok" and "spatial 2" in rows["dae_rician+spatial"]["note"]
     # the noise floor lifts the diffusion-weighted signal, most where it is low (CSF at b=1000, whose
     # MD comes out too low): removing it must take the bias away
     assert rows["svd"]["signal_bias_dw"] > 0.02 * 50 and rows["svd"]["md_bias"]["CSF"] < 0

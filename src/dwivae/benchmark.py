@@ -96,7 +96,8 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
                   models: Sequence[TrainedModel] = (), variants: Mapping[str, TrainedModel] | None = None,
                   threads: int = 1, seed: int = 0,
                   log: Callable[[str], None] = print, fa_maps: Path | None = None,
-                  done: Callable[[dict], None] | None = None, bias_correct: bool = False) -> dict:
+                  done: Callable[[dict], None] | None = None, bias_correct: bool = False,
+                  spatial: float | None = None) -> dict:
     """Run and score every method on every phantom.
 
     Parameters
@@ -124,6 +125,9 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
         On phantoms with Rician or noncentral-chi noise, also score each output with its noise
         floor removed (:func:`dwivae.noise.remove_noise_floor`, the phantom's sigma and coils;
         b0 volumes kept) as ``<method>+bc``; not for networks trained on such noise.
+    spatial : float, optional
+        Also score each network (vae, dae, variants) with its latent means averaged over the
+        neighbourhood at this strength (:func:`dwivae.denoise.spatial_codes`), as ``<method>+spatial``.
 
     Returns
     -------
@@ -157,6 +161,13 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
                 entry["methods"][method] = row
                 continue
             outputs = [(method, result.denoised, row)]
+            if spatial is not None and model is not None:
+                from dwivae.denoise import denoise
+                started = time.perf_counter()
+                smoothed = denoise(phantom["noisy"], acq, model, mask=mask, spatial=spatial)
+                outputs.append((f"{method}+spatial", smoothed,
+                                {"status": "ok", "note": f"{result.note}, spatial {spatial:g}",
+                                 "seconds": time.perf_counter() - started}))
             info = phantom["info"]
             if (bias_correct and info.get("noise") != "gaussian"
                     and (model is None or model.train_config.noise == "gaussian")):

@@ -166,6 +166,7 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     paths, stats = denoise_file(args.dwi, acq, model, args.out, mask=mask, denoise_b0=args.denoise_b0,
                                 uncertainty=args.uncertainty, seed=args.seed, force=args.force,
                                 bias_correct=args.bias_correct, sigma=args.sigma, coils=args.coils,
+                                spatial=args.spatial,
                                 progress=not args.quiet,
                                 provenance={"Command": shlex.join(["dwivae", *args.argv]),
                                             "Model": {"path": str(Path(model_path).resolve())},
@@ -235,7 +236,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     results = run_benchmark(args.phantom, methods=args.methods, models=models, variants=variants,
                             threads=args.threads,
                             seed=args.seed, log=(lambda line: None) if args.quiet else print, fa_maps=args.out,
-                            done=save, bias_correct=args.bias_correct)
+                            done=save, bias_correct=args.bias_correct, spatial=args.spatial)
     results["command"] = command
     print(format_markdown(results))
     print(f"-> {args.out / 'results.json'}, {args.out / 'results.md'}")
@@ -345,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", default="auto",
                    help="mask NIfTI on the image grid, 'auto' (DIPY median_otsu on the mean b0, default) or 'none'")
     p.add_argument("--denoise-b0", action="store_true", help="replace the b0 volumes too (default: kept as measured)")
+    p.add_argument("--spatial", type=float, nargs="?", const=2.0, metavar="STRENGTH",
+                   help="decode each voxel's latent mean averaged over its 3x3x3 neighbourhood, weighted by how "
+                        "close the neighbours' codes are (edge-aware; strength 2 if no value is given)")
     p.add_argument("--bias-correct", action="store_true",
                    help="remove the Rician / noncentral-chi noise floor from the output (models trained on "
                         "Gaussian noise, the default); noise level from --sigma or the b0 volumes' spread")
@@ -404,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=Path, nargs="+", default=[],
                    help="more model directories, each scored as a method named after its directory")
     p.add_argument("--threads", type=int, default=1, help="threads for dwidenoise (default 1)")
+    p.add_argument("--spatial", type=float, nargs="?", const=2.0, metavar="STRENGTH",
+                   help="also score each network with latent means averaged over the neighbourhood "
+                        "(`denoise --spatial`), as METHOD+spatial")
     p.add_argument("--bias-correct", action="store_true",
                    help="on Rician / noncentral-chi phantoms, also score each output with the noise floor "
                         "removed (the phantom's sigma), as METHOD+bc")

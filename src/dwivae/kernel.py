@@ -97,7 +97,7 @@ def library() -> ctypes.CDLL | None:
 
 
 class CompiledForward:
-    """The network's forward pass ``x -> decode(encode_mean(x))`` through the compiled kernel.
+    """A stack of the network's layers (e.g. ``x -> decode(encode_mean(x))``) through the compiled kernel.
 
     Parameters
     ----------
@@ -117,12 +117,12 @@ class CompiledForward:
             for linear, _ in layers]).astype(np.float32)
 
     def __call__(self, x: np.ndarray, scale: np.ndarray | None = None, *, threads: int = 1) -> np.ndarray:
-        """Denoised signals ``network(x / scale) * scale``.
+        """``layers(x / scale) * scale``: denoised signals for the whole network.
 
         Parameters
         ----------
         x : (M, N) ndarray
-            Signals, one row per voxel.
+            Inputs, one row per voxel (signals, or latent codes for the decoder).
         scale : (M,) ndarray, optional
             Per-row scale (S0): rows are divided by it on the way in and multiplied on the way out.
         threads : int
@@ -130,7 +130,7 @@ class CompiledForward:
 
         Returns
         -------
-        (M, N) ndarray, float32
+        (M, n_outputs) ndarray, float32
         """
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_inputs:
@@ -159,9 +159,15 @@ class CompiledForward:
             raise RuntimeError("the compiled forward pass refused the network's layer widths")
 
 
-def _layers(network: nn.Module) -> list[tuple[nn.Linear, int]] | None:
-    """The deterministic path of an Autoencoder as (linear, activation code), or None if unsupported."""
-    modules = [*network.encoder, network.mu, *network.decoder]
+PARTS = ("all", "encoder", "decoder")
+"""What :func:`compiled_forward` runs: the whole deterministic path, ``x -> mu`` or ``z -> output``."""
+
+
+def _layers(network: nn.Module, part: str = "all") -> list[tuple[nn.Linear, int]] | None:
+    """The deterministic path of an Autoencoder (or its encoder to ``mu``, or its decoder) as
+    (linear, activation code), or None if unsupported."""
+    modules = {"all": [*network.encoder, network.mu, *network.decoder],
+               "encoder": [*network.encoder, network.mu], "decoder": [*network.decoder]}[part]
     layers: list[tuple[nn.Linear, int]] = []
     for module in modules:
         if isinstance(module, nn.Linear):
@@ -179,12 +185,12 @@ def _layers(network: nn.Module) -> list[tuple[nn.Linear, int]] | None:
     return layers
 
 
-def compiled_forward(network: nn.Module) -> CompiledForward | None:
+def compiled_forward(network: nn.Module, part: str = "all") -> CompiledForward | None:
     """The compiled forward pass of ``network`` (an :class:`~dwivae.models.Autoencoder`), or None.
 
-    None when ``DWIVAE_KERNEL=torch`` is set, no C compiler builds the kernel, or the network has a
-    layer the kernel does not implement; use torch then.
+    ``part`` is one of :data:`PARTS`. None when ``DWIVAE_KERNEL=torch`` is set, no C compiler
+    builds the kernel, or the network has a layer the kernel does not implement; use torch then.
     """
-    layers = _layers(network)
+    layers = _layers(network, part)
     lib = library() if layers else None
     return CompiledForward(lib, layers) if lib is not None else None
