@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dwivae import kernel
-from dwivae.compiled_step import CompiledStep, Rows
+from dwivae.compiled_step import CompiledStep
 from dwivae.fused import UnsupportedNetwork
 from dwivae.models import ModelConfig, build_model
 from dwivae.training import AutogradStep
@@ -71,22 +71,3 @@ def test_refuses_what_it_does_not_implement(monkeypatch):
     with pytest.raises(UnsupportedNetwork, match="no compiled kernel"):
         CompiledStep(build_model(ModelConfig()), lr=1e-3, loss="huber")
     assert kernel.library() is None
-
-
-def test_rows_of_larger_tensors_give_the_same_update_as_gathered_batches():
-    torch.manual_seed(0)
-    first = build_model(ModelConfig())
-    nets = [first, copy.deepcopy(first)]
-    gathered, indexed = (CompiledStep(net, lr=1e-3, loss="huber", lanes=2) for net in nets)
-    g = torch.Generator().manual_seed(5)
-    clean = torch.rand(300, 32, generator=g)
-    atom = torch.randint(300, (5000,), generator=g)
-    noisy = (clean[atom] + 0.1 * torch.randn(5000, 32, generator=g)).clamp_(min=0.0)
-    for _ in range(3):
-        idx = torch.randperm(5000, generator=g)[:1100]
-        eps = torch.randn(1100, 7, generator=g)
-        a = gathered(noisy[idx], clean[atom[idx]], eps, 0.01)
-        b = indexed(Rows(noisy, idx), Rows(clean, atom[idx]), eps, 0.01)
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    for p, q in zip(*(net.parameters() for net in nets)):
-        assert torch.equal(p, q)

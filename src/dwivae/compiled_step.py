@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,29 +31,6 @@ def _pointer(t: torch.Tensor | np.ndarray | None, ctype=ctypes.c_float):
     return ctypes.cast(address, ctypes.POINTER(ctype))
 
 
-@dataclass(frozen=True)
-class Rows:
-    """Rows ``index`` of a 2D float32 tensor ``data``, gathered by the kernel itself: a batch that
-    :class:`CompiledStep` takes in place of a tensor, without copying the rows first."""
-
-    data: torch.Tensor
-    index: torch.Tensor
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (len(self.index), self.data.shape[1])
-
-    def __getitem__(self, rows: slice) -> Rows:
-        return Rows(self.data, self.index[rows])
-
-
-def _rows(batch: torch.Tensor | Rows) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(contiguous float32 data, int64 row index or None) for the kernel."""
-    if isinstance(batch, Rows):
-        return batch.data.contiguous(), batch.index.to(torch.int64).contiguous()
-    return batch.contiguous(), None
-
-
 class CompiledStep(FusedStep):
     """One optimisation step, ``step(x, y, eps, beta) -> (rec, kl)``, forward and backward in C.
 
@@ -68,9 +44,6 @@ class CompiledStep(FusedStep):
     loss : {"huber", "mse", "l1"}
     lanes : int, optional
         Threads that each take part of a batch (default: 2 where there are 2 or more cores).
-
-    ``x`` and ``y`` may be :class:`Rows` of larger tensors: the kernel then reads the rows where
-    they lie, which spares the training loop a gather of each batch.
     """
 
     def __init__(self, network: Autoencoder, *, lr: float, loss: str, lanes: int | None = None) -> None:
@@ -91,11 +64,10 @@ class CompiledStep(FusedStep):
     def _run(self, lane, x, y, eps, lo: int, hi: int, kscale: float):
         """Samples lo:hi into the lane's gradient (written, not added). Returns (rec sum, KL sum)."""
         sums = np.zeros(2)
-        (x, xi), (y, yi) = _rows(x[lo:hi]), _rows(y[lo:hi])
+        x, y = x[lo:hi].contiguous(), y[lo:hi].contiguous()
         eps = eps[lo:hi].contiguous() if eps is not None else None
         status = self._fn(
-            _pointer(x), _pointer(xi, ctypes.c_int64), _pointer(y), _pointer(yi, ctypes.c_int64), _pointer(eps),
-            hi - lo, len(self.layers), self.n_enc,
+            _pointer(x), None, _pointer(y), None, _pointer(eps), hi - lo, len(self.layers), self.n_enc,
             _pointer(self._n_in, ctypes.c_int), _pointer(self._n_out, ctypes.c_int), int(self.vae),
             ACTIVATIONS[self.act], float(self.act_param), LOSSES[self.loss], float(kscale),
             _pointer(self.flat_aug), _pointer(lane.grad), _pointer(sums, ctypes.c_double))

@@ -14,7 +14,7 @@ from dwivae.acquisition import Acquisition
 from dwivae.dataset import (SimulatedSplit, clean_atoms, noisy_copies, seed_streams, simulate_split,
                             held_out_pairs, torch_generator)
 from dwivae.errors import InputError
-from dwivae.compiled_step import CompiledStep, Rows
+from dwivae.compiled_step import CompiledStep
 from dwivae.fused import FusedStep, UnsupportedNetwork
 from dwivae.kernel import compiled_forward
 from dwivae.losses import beta_schedule, kl_divergence, reconstruction_loss
@@ -331,7 +331,6 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
     steps = epoch_size // batch
     step = make_step(network, lr=config.lr, loss=config.loss)
     x_buffer, y_buffer = torch.empty(batch, acq.n_volumes), torch.empty(batch, acq.n_volumes)
-    in_place = isinstance(step, CompiledStep)
     history: list[dict] = []
     train_seconds = 0.0
     for epoch in range(1, config.epochs + 1):
@@ -348,11 +347,8 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
             # index_select into buffers: 5-10x faster than advanced indexing (noisy[idx]) here
             if order is not None:
                 idx = order[k * batch:(k + 1) * batch]
-                if in_place:  # the kernel reads the rows where they lie
-                    x, y = Rows(noisy, idx), Rows(clean, torch.index_select(atom, 0, idx))
-                else:
-                    x = torch.index_select(noisy, 0, idx, out=x_buffer)
-                    y = torch.index_select(clean, 0, torch.index_select(atom, 0, idx), out=y_buffer)
+                x = torch.index_select(noisy, 0, idx, out=x_buffer)
+                y = torch.index_select(clean, 0, torch.index_select(atom, 0, idx), out=y_buffer)
             else:
                 if fresh is not None:
                     y = torch.from_numpy(clean_atoms(acq, config.atoms, batch, rng=fresh, tensors=False)[1])
