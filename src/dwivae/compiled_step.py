@@ -67,7 +67,7 @@ class CompiledStep(FusedStep):
         x, y = x[lo:hi].contiguous(), y[lo:hi].contiguous()
         eps = eps[lo:hi].contiguous() if eps is not None else None
         status = self._fn(
-            _pointer(x), None, _pointer(y), None, _pointer(eps), hi - lo, len(self.layers), self.n_enc,
+            _pointer(x), _pointer(y), _pointer(eps), hi - lo, len(self.layers), self.n_enc,
             _pointer(self._n_in, ctypes.c_int), _pointer(self._n_out, ctypes.c_int), int(self.vae),
             ACTIVATIONS[self.act], float(self.act_param), LOSSES[self.loss], float(kscale),
             _pointer(self.flat_aug), _pointer(lane.grad), _pointer(sums, ctypes.c_double))

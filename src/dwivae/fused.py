@@ -43,8 +43,8 @@ ELU, ``sigmoid``: 1 ns per element); the rest is dispatching ~85 ops from Python
 measured at batch 16). The step runs 2-2.5x faster than :class:`~dwivae.training.AutogradStep`
 (1.0-1.2 M samples/s against 0.4-0.5 M on one core; 1.8-2.3x against autograd on 2 threads).
 With torch ops alone the floor is the GEMMs, about 1.3 ms per 3000 samples per core (2.3 M
-samples/s); the study preset's 3.5 M samples/s on 2 cores needs a compiled kernel that keeps a
-tile of samples in registers through all layers.
+samples/s); :class:`~dwivae.compiled_step.CompiledStep` replaces them by a C kernel that keeps a
+tile of samples in cache through all layers (1.8 M samples/s per lane, 3.0 M on 2 lanes).
 
 ``train()``'s loop around the step costs as much again and does not depend on the step: per
 batch, the study preset gathers 3000 random rows of its 1.4 GB noisy copy (cache and TLB misses)

@@ -32,12 +32,12 @@ static inline float hsum(v8 a) {
     return s;
 }
 
-/* Load rows of a (rows x width) matrix into a feature-major tile; rows past m are zero. */
-static void load_tile(v8 *dst, const float *src, const int64_t *index, int64_t first, int m, int width) {
+/* Load rows first.. of a (rows x width) matrix into a feature-major tile; rows past m are zero. */
+static void load_tile(v8 *dst, const float *src, int64_t first, int m, int width) {
     float *t = (float *)dst;
     for (int s = 0; s < TT; s++) {
         if (s < m) {
-            const float *row = src + (index ? index[first + s] : first + s) * (int64_t)width;
+            const float *row = src + (first + s) * (int64_t)width;
             for (int i = 0; i < width; i++) t[i * TT + s] = row[i];
         } else {
             for (int i = 0; i < width; i++) t[i * TT + s] = 0.0f;
@@ -108,14 +108,12 @@ static void backprop(v8 *ga, const v8 *g, const float *W, const v8 *a, int n_in,
 
 /* The gradient of the loss over n samples.
  *
- * x (n x N) with optional row index xi (x row xi[s] for sample s), y likewise with yi, eps
- * (n x latent; NULL: z = mu) for a VAE. n_in/n_out: each of the n_layers layers' sizes
+ * x and y (n x N), eps (n x latent; NULL: z = mu) for a VAE. n_in/n_out: each of the n_layers layers' sizes
  * (encoder, head, decoder in that order; the head has n_out = 2 * latent for a VAE). params and
  * grad: the [W | b] blocks. sums[0] += reconstruction loss, sums[1] += KL sum.
  * Returns 0, or -1 for sizes the kernel does not take.
  */
-int dwivae_train_step(const float *x, const int64_t *xi, const float *y, const int64_t *yi,
-                      const float *eps, int64_t n, int n_layers, int n_enc, const int *n_in,
+int dwivae_train_step(const float *x, const float *y, const float *eps, int64_t n, int n_layers, int n_enc, const int *n_in,
                       const int *n_out, int vae, int act, float slope, int loss, float kscale,
                       const float *params, float *grad, double *sums) {
     const int head = n_enc, latent = vae ? n_out[head] / 2 : n_out[head];
@@ -152,8 +150,8 @@ int dwivae_train_step(const float *x, const int64_t *xi, const float *y, const i
         v8 mask[LD];
         for (int v = 0; v < LD; v++)
             for (int k = 0; k < VW; k++) mask[v][k] = (v * VW + k < m) ? 1.0f : 0.0f;
-        load_tile(X, x, xi, s0, m, N);
-        load_tile(Y, y, yi, s0, m, N);
+        load_tile(X, x, s0, m, N);
+        load_tile(Y, y, s0, m, N);
         /* forward */
         const v8 *in = X;
         for (int l = 0; l < n_layers; l++) {
@@ -165,7 +163,7 @@ int dwivae_train_step(const float *x, const int64_t *xi, const float *y, const i
             if (l == head) {
                 const v8 *H = out[l];
                 if (vae) {
-                    if (eps) load_tile(E, eps, NULL, s0, m, latent);
+                    if (eps) load_tile(E, eps, s0, m, latent);
                     v8 k_acc = splat(0.0f);
                     for (int r = 0; r < latent * LD; r++) {
                         const v8 mu = H[r], lv = H[latent * LD + r];
