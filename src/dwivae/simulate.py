@@ -121,7 +121,7 @@ def random_tensors(
     radial = min_radial + rng.uniform(0.0, 1.0, (n, 2)) * (axial[:, None] - min_radial)
     evals = np.concatenate([axial[:, None], radial], axis=1)
     R = random_rotations(n, rng=rng)
-    M = np.einsum("nij,nj,nkj->nik", R, evals, R)
+    M = (R * evals[:, None, :]) @ R.transpose(0, 2, 1)  # R diag(evals) R^T (matmul: 10x einsum here)
     return np.stack([M[:, 0, 0], M[:, 1, 1], M[:, 2, 2], M[:, 0, 1], M[:, 0, 2], M[:, 1, 2]],
                     axis=1).astype(np.float32)
 
@@ -149,12 +149,13 @@ def ball_and_sticks_signals(acq: Acquisition, *, d: np.ndarray, fractions: np.nd
     ``S_k = (1 - sum_i f_i) exp(-b_k d) + sum_i f_i exp(-b_k d (g_k · v_i)²)`` (Behrens et al.
     2003, Magn Reson Med 50:1077); DIPY's ``sims.voxel.sticks_and_ball`` for one voxel.
     """
-    d = np.asarray(d, dtype=np.float64)[:, None]
-    b = acq.bvals[None, :]
-    cos2 = np.einsum("mkj,nj->mkn", np.asarray(directions, dtype=np.float64), acq.bvecs) ** 2
-    f = np.asarray(fractions, dtype=np.float64)
-    sticks = np.einsum("mk,mkn->mn", f, np.exp(-b[:, None, :] * d[:, :, None] * cos2))
-    return ((1.0 - f.sum(axis=1, keepdims=True)) * np.exp(-b * d) + sticks).astype(np.float32)
+    # float32 throughout: the signals are float32, and exp of (M, K, N) float64 values dominated
+    d = np.asarray(d, dtype=np.float32)[:, None]
+    b = acq.bvals.astype(np.float32)[None, :]
+    cos2 = np.square(np.asarray(directions, dtype=np.float32) @ acq.bvecs.T.astype(np.float32))  # (M, K, N)
+    f = np.asarray(fractions, dtype=np.float32)
+    sticks = (f[:, None, :] @ np.exp(-(b * d)[:, None, :] * cos2))[:, 0]
+    return (1.0 - f.sum(axis=1, keepdims=True)) * np.exp(-b * d) + sticks
 
 
 def random_ball_and_sticks(n: int, *, rng: np.random.Generator, max_sticks: int = 3,
