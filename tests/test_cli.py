@@ -192,6 +192,11 @@ def test_train_with_rician_noise_and_an_snr_range(tmp_path, capsys):
                  "--quiet", "--out", str(out)]) == 0
     config = load_model(out).train_config
     assert config.noise == "rician" and config.snr_range == (5.0, 50.0)
+    water = tmp_path / "water"
+    assert main(["train", "--protocol", "seed32", "--atoms", "mixed", "--fresh-atoms", "--free-water", "0.1",
+                 "--epochs", "1", "--quiet", "--out", str(water)]) == 0
+    assert load_model(water).train_config.free_water == 0.1
+    assert main(["evaluate", str(water), "--out", str(tmp_path / "ev")]) == 0  # the same held-out split
     wide = tmp_path / "wide"
     assert main(["train", "--protocol", "seed32", "--hidden", "64", "32", "16", "--quiet", "--out", str(wide)]) == 0
     assert load_model(wide).model_config.widths() == (32, 64, 32, 16)

@@ -43,6 +43,19 @@ def test_random_tensors_are_physiological_and_seeded():
     ev = np.linalg.eigvalsh(M)
     assert ev.min() > 0.09e-3 and ev.max() < 3.01e-3
     np.testing.assert_array_equal(D, random_tensors(2000, rng=np.random.default_rng(3)))
+    assert not np.any(ev[:, 2] - ev[:, 0] < 1e-6)  # no isotropic tensor unless asked for
+
+
+def test_random_tensors_with_free_water():
+    D = random_tensors(4000, rng=np.random.default_rng(4), isotropic_fraction=0.25)
+    M = np.zeros((4000, 3, 3))
+    for k, (i, j) in enumerate([(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]):
+        M[:, i, j] = M[:, j, i] = D[:, k]
+    ev = np.linalg.eigvalsh(M)
+    isotropic = ev[:, 2] - ev[:, 0] < 1e-8
+    assert 0.22 < isotropic.mean() < 0.28
+    assert ev[isotropic].min() >= 0.5e-3 - 1e-9 and np.any(ev[isotropic, 0] > 3.0e-3)
+    assert ev[~isotropic].max() < 3.01e-3
 
 
 def test_rotations_are_orthonormal():

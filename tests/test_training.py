@@ -65,6 +65,10 @@ def test_bad_train_config():
         TrainConfig(loss="hinge")
     with pytest.raises(InputError, match="epochs"):
         TrainConfig(epochs=0)
+    with pytest.raises(InputError, match="random or mixed atoms"):
+        TrainConfig(free_water=0.1)  # the grid
+    with pytest.raises(InputError, match=r"in \[0, 1\)"):
+        TrainConfig(atoms="random", free_water=1.0)
 
 
 def test_cosine_schedule_decays_to_a_hundredth():

@@ -101,7 +101,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                                    "lr": args.lr, "batch_size": args.batch_size,
                                    "atoms": args.atoms, "noise": args.noise, "coils": args.coils,
                                    "snr_range": args.snr_range,
-                                   "fresh_atoms": args.fresh_atoms or None}.items() if v is not None}
+                                   "fresh_atoms": args.fresh_atoms or None,
+                                   "free_water": args.free_water}.items() if v is not None}
     if args.snr_from is not None:
         if args.snr_range is not None:
             raise InputError("give --snr-range or --snr-from, not both")
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", default="auto", help="mask for --snr-from: a NIfTI file or 'auto' (median_otsu)")
     p.add_argument("--fresh-atoms", action="store_true",
                    help="online simulation: new random clean signals every batch (random, sticks or mixed atoms)")
+    p.add_argument("--free-water", type=float, metavar="FRACTION",
+                   help="make this fraction of the random tensors isotropic, up to free water (3.5e-3 mm²/s); "
+                        "random or mixed atoms")
     p.add_argument("--seed", type=int, default=0, help="fixes simulation, split and initialisation")
     p.add_argument("--out", type=Path, required=True, help="model directory to create")
     p.set_defaults(run=cmd_train)

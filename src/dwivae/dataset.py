@@ -55,7 +55,7 @@ class SimulatedSplit:
 
 
 def clean_atoms(acq: Acquisition, atoms: str, n: int, *, rng: np.random.Generator,
-                tensors: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+                tensors: bool = True, free_water: float = 0.0) -> tuple[np.ndarray | None, np.ndarray]:
     """Clean signals of an atom source and their tensors.
 
     Parameters
@@ -68,6 +68,9 @@ def clean_atoms(acq: Acquisition, atoms: str, n: int, *, rng: np.random.Generato
     rng : numpy.random.Generator
     tensors : bool
         Return the tensors (for stick signals an OLS fit); False skips the fit and returns None.
+    free_water : float
+        Fraction of the random tensors that are isotropic, up to free water (see
+        :func:`dwivae.simulate.random_tensors`).
 
     Returns
     -------
@@ -80,7 +83,7 @@ def clean_atoms(acq: Acquisition, atoms: str, n: int, *, rng: np.random.Generato
         D = study_grid(acq)
         return D, tensor_signals(D, acq)
     n_sticks = {"random": 0, "sticks": n, "mixed": n // 2}[atoms]
-    D = random_tensors(n - n_sticks, rng=rng)
+    D = random_tensors(n - n_sticks, rng=rng, isotropic_fraction=free_water)
     signals = [tensor_signals(D, acq)]
     if n_sticks:
         sticks = ball_and_sticks_signals(acq, **random_ball_and_sticks(n_sticks, rng=rng))
@@ -99,6 +102,7 @@ def simulate_split(
     n_atoms: int = 500_000,
     test_fraction: float = 0.2,
     noise_levels: np.ndarray = STUDY_NOISE_LEVELS,
+    free_water: float = 0.0,
 ) -> SimulatedSplit:
     """Simulate clean signals for ``acq`` and split them into training and test atoms.
 
@@ -118,11 +122,13 @@ def simulate_split(
         Fraction of atoms held out for testing (the study: 0.2).
     noise_levels : (L,) ndarray
         Noise standard deviations used for training and testing.
+    free_water : float
+        Fraction of isotropic random tensors (see :func:`clean_atoms`).
     """
     if not 0.0 < test_fraction < 1.0:
         raise InputError(f"test fraction must lie between 0 and 1, got {test_fraction}")
     rng = np.random.default_rng(seed_streams(seed)["split"])
-    D, clean = clean_atoms(acq, atoms, n_atoms, rng=rng)
+    D, clean = clean_atoms(acq, atoms, n_atoms, rng=rng, free_water=free_water)
     order = rng.permutation(len(D))
     n_test = int(round(test_fraction * len(D)))
     test, train = order[:n_test], order[n_test:]  # shuffled: any leading subset is a random sample

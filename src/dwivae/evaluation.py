@@ -63,7 +63,8 @@ def evaluate(models: dict[str, TrainedModel]) -> dict[str, dict]:
     reference = _shared_data_settings(models)
     c = reference.train_config
     acq = reference.acquisition
-    split = simulate_split(acq, seed=c.seed, atoms=c.atoms, n_atoms=c.n_atoms, test_fraction=c.test_fraction)
+    split = simulate_split(acq, seed=c.seed, atoms=c.atoms, n_atoms=c.n_atoms, test_fraction=c.test_fraction,
+                           free_water=c.free_water)
     noisy, atom, level = held_out_pairs(split, seed=c.seed)
     clean, D_true = split.test_clean[atom], split.test_D[atom]
     score = dict(clean=clean, D_true=D_true, levels=level, noise_levels=split.noise_levels,

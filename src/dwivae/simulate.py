@@ -106,12 +106,16 @@ def random_tensors(
     rng: np.random.Generator,
     axial_range: tuple[float, float] = (0.5e-3, 3.0e-3),
     min_radial: float = 0.1e-3,
+    isotropic_fraction: float = 0.0,
+    isotropic_range: tuple[float, float] = (0.5e-3, 3.5e-3),
 ) -> np.ndarray:
     """Random physiological tensors with uniformly random orientation.
 
     The largest eigenvalue is uniform over ``axial_range`` and the two others uniform between
-    ``min_radial`` and it, covering isotropic free water (~3e-3 mm²/s), grey matter and highly
-    anisotropic white matter.
+    ``min_radial`` and it, covering grey matter and highly anisotropic white matter. Drawn that
+    way, an isotropic tensor such as free water (CSF, ~3e-3 mm²/s) is all but absent: with
+    ``isotropic_fraction`` > 0 that fraction of the tensors is ``d I`` instead, with d uniform
+    over ``isotropic_range``.
 
     Returns
     -------
@@ -120,6 +124,9 @@ def random_tensors(
     axial = rng.uniform(*axial_range, n)
     radial = min_radial + rng.uniform(0.0, 1.0, (n, 2)) * (axial[:, None] - min_radial)
     evals = np.concatenate([axial[:, None], radial], axis=1)
+    if isotropic_fraction > 0:
+        isotropic = rng.uniform(0.0, 1.0, n) < isotropic_fraction
+        evals[isotropic] = rng.uniform(*isotropic_range, (int(isotropic.sum()), 1))
     R = random_rotations(n, rng=rng)
     M = (R * evals[:, None, :]) @ R.transpose(0, 2, 1)  # R diag(evals) R^T (matmul: 10x einsum here)
     return np.stack([M[:, 0, 0], M[:, 1, 1], M[:, 2, 2], M[:, 0, 1], M[:, 0, 2], M[:, 1, 2]],

@@ -74,6 +74,9 @@ class TrainConfig:
         instead of picking training atoms from a fixed dictionary, so no sample repeats and
         memory does not grow with the parameter space (needs ``samples_per_epoch``; only the
         held-out atoms that measure the test MSE are simulated up front).
+    free_water : float
+        Fraction of the random tensors that are isotropic, ``d I`` with d up to 3.5e-3 mm²/s
+        (free water, which the random tensors otherwise all but miss); random or mixed atoms only.
     """
 
     epochs: int = 40
@@ -94,6 +97,7 @@ class TrainConfig:
     coils: int = 1
     snr_range: tuple[float, float] | None = None
     fresh_atoms: bool = False
+    free_water: float = 0.0
 
     def __post_init__(self) -> None:
         reconstruction_loss(self.loss)
@@ -106,6 +110,10 @@ class TrainConfig:
             low, high = self.snr_range
             if not 0 < low <= high:
                 raise InputError(f"SNR range {low}-{high} must be positive and increasing")
+        if not 0.0 <= self.free_water < 1.0:
+            raise InputError(f"free-water fraction {self.free_water} must lie in [0, 1)")
+        if self.free_water and self.atoms not in ("random", "mixed"):
+            raise InputError("free water is added to the random tensors: choose random or mixed atoms")
         if self.fresh_atoms and self.atoms == "grid":
             raise InputError("fresh atoms are drawn at random: choose random, sticks or mixed atoms, not the grid")
         if (self.noise != "gaussian" or self.snr_range is not None or self.fresh_atoms) and self.samples_per_epoch is None:
@@ -310,7 +318,7 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
         # Fresh atoms leave the split's training atoms unused: simulate only what the test MSE needs.
         n_atoms = (min(config.n_atoms, math.ceil(MONITOR_ATOMS / config.test_fraction)) if config.fresh_atoms
                    else config.n_atoms)
-        split = simulate_split(acq, seed=seed, atoms=config.atoms, n_atoms=n_atoms,
+        split = simulate_split(acq, seed=seed, atoms=config.atoms, n_atoms=n_atoms, free_water=config.free_water,
                                test_fraction=config.test_fraction)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(streams["init"].generate_state(1)[0]))
@@ -351,7 +359,8 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
                 y = torch.index_select(clean, 0, torch.index_select(atom, 0, idx), out=y_buffer)
             else:
                 if fresh is not None:
-                    y = torch.from_numpy(clean_atoms(acq, config.atoms, batch, rng=fresh, tensors=False)[1])
+                    y = torch.from_numpy(clean_atoms(acq, config.atoms, batch, rng=fresh, tensors=False,
+                                                       free_water=config.free_water)[1])
                 else:
                     y = torch.index_select(clean, 0, torch.randint(len(clean), (batch,), generator=generator),
                                            out=y_buffer)
