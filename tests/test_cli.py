@@ -234,7 +234,7 @@ def test_denoise_bias_correct_estimates_sigma_from_the_b0_volumes(tmp_path, caps
     assert main([*common, "--out", str(tmp_path / "plain.nii.gz")]) == 0
     assert main([*common, "--bias-correct", "--out", str(tmp_path / "bc.nii.gz")]) == 0
     side = json.loads((tmp_path / "bc.json").read_text())["BiasCorrection"]
-    assert side["SigmaFrom"] == "b0 volumes" and side["Coils"] == 1
+    assert side["SigmaFrom"] == "spread of the b0 volumes" and side["Coils"] == 1
     assert side["NoiseSigma"] == pytest.approx(truth, rel=0.1)
     plain, corrected = (np.asarray(nib.load(tmp_path / f"{n}.nii.gz").dataobj) for n in ("plain", "bc"))
     acq = load_acquisition(tmp_path / "ph" / "dwi.bval", tmp_path / "ph" / "dwi.bvec")
@@ -247,11 +247,18 @@ def test_denoise_bias_correct_estimates_sigma_from_the_b0_volumes(tmp_path, caps
         "NoiseSigma": 30.0, "SigmaFrom": "given", "Coils": 4}
 
 
+def test_denoise_bias_correct_with_one_b0_uses_mppca(tmp_path, small64):
+    dwi, bval, bvec, model_dir = small64  # one b0 volume
+    assert main(["denoise", str(dwi), "--bvals", str(bval), "--bvecs", str(bvec), "--model", str(model_dir),
+                 "--bias-correct", "--quiet", "--out", str(tmp_path / "bc.nii.gz")]) == 0
+    side = json.loads((tmp_path / "bc.json").read_text())["BiasCorrection"]
+    assert side["SigmaFrom"] == "MP-PCA noise map" and side["NoiseSigma"] > 0
+
+
 def test_denoise_bias_correct_bad_inputs(tmp_path, capsys, small64):
     dwi, bval, bvec, model_dir = small64
     common = ["denoise", str(dwi), "--bvals", str(bval), "--bvecs", str(bvec), "--out", str(tmp_path / "o.nii.gz"),
               "--quiet"]
-    _fails(capsys, [*common, "--model", str(model_dir), "--bias-correct"], "needs at least two")  # one b0
     _fails(capsys, [*common, "--model", str(model_dir), "--sigma", "20"], "add --bias-correct")
     _fails(capsys, [*common, "--model", str(model_dir), "--bias-correct", "--sigma", "-1"], "must be positive")
     rician = training.train(load_acquisition(bval, bvec), arch="dae", seed=0,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dwivae.errors import InputError
-from dwivae.noise import estimate_sigma, noncentral_chi_mean, remove_noise_floor, snr_range
+from dwivae.noise import estimate_sigma, noncentral_chi_mean, remove_noise_floor, sigma_method, snr_range
 from dwivae.phantom import make_phantom
 
 
@@ -18,12 +18,28 @@ def test_sigma_from_the_b0_volumes(acq, noise, snr):
     assert 0.85 * 1000 / phantom.sigma < low < high < 2500 / phantom.sigma * 1.1
 
 
-def test_one_b0_is_not_enough():
+def test_one_b0_is_not_enough_for_the_b0_estimate():
     from dwivae.acquisition import Acquisition
     bvecs = np.r_[[[0, 0, 0]], np.eye(3), np.eye(3)[::-1]]
     acq = Acquisition(np.r_[0, np.full(6, 1000.0)], bvecs)
     with pytest.raises(InputError, match="needs at least two"):
-        estimate_sigma(np.ones((4, 4, 4, 7)), acq, np.ones((4, 4, 4), bool))
+        estimate_sigma(np.ones((4, 4, 4, 7)), acq, np.ones((4, 4, 4), bool), method="b0")
+    with pytest.raises(InputError, match="unknown noise estimate"):
+        estimate_sigma(np.ones((4, 4, 4, 7)), acq, np.ones((4, 4, 4), bool), method="piesno")
+
+
+@pytest.mark.parametrize("snr", [10, 30])
+def test_mppca_sigma_with_one_b0(snr):
+    from dwivae.acquisition import Acquisition, seed32
+    full = seed32()
+    keep = np.r_[0, np.flatnonzero(~full.b0_mask)]  # one b0 and the 30 directions
+    acq = Acquisition(full.bvals[keep], full.bvecs[keep])
+    phantom = make_phantom(acq, shape=(40, 40, 20), snr=snr, noise="rician", seed=2)
+    mask = phantom.labels > 0
+    assert sigma_method(acq) == "mppca" and sigma_method(full) == "b0"
+    assert estimate_sigma(phantom.noisy, acq, mask) == pytest.approx(phantom.sigma, rel=0.15)
+    sigma, (low, high) = snr_range(phantom.noisy, acq, mask, widen=1.0)
+    assert sigma == estimate_sigma(phantom.noisy, acq, mask) and low < high
 
 
 @pytest.mark.parametrize("coils", [1, 4])

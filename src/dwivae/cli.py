@@ -75,7 +75,7 @@ def _snr_from_data(dwi: Path, acq, mask_arg: str) -> tuple[float, float]:
 
     from dwivae import io
     from dwivae.denoise import auto_mask
-    from dwivae.noise import snr_range
+    from dwivae.noise import SIGMA_METHODS, sigma_method, snr_range
 
     img = io.load_dwi(dwi)
     if img.shape[3] != acq.n_volumes:
@@ -83,8 +83,8 @@ def _snr_from_data(dwi: Path, acq, mask_arg: str) -> tuple[float, float]:
                          "pass the gradient files of that series")
     mask = auto_mask(img, acq) if mask_arg == "auto" else io.load_mask(mask_arg, img)
     sigma, (low, high) = snr_range(np.asarray(img.dataobj, dtype=np.float32), acq, mask)
-    print(f"{dwi.name}: sigma {sigma:.4g} from the b0 volumes; training SNR range {low:.3g}-{high:.3g}",
-          file=sys.stderr)
+    print(f"{dwi.name}: sigma {sigma:.4g} from the {SIGMA_METHODS[sigma_method(acq)]}; "
+          f"training SNR range {low:.3g}-{high:.3g}", file=sys.stderr)
     return low, high
 
 
@@ -320,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw each sample's SNR (S0 / sigma) log-uniformly from this range instead of "
                         "the study's 31 noise levels")
     p.add_argument("--snr-from", type=Path, metavar="DWI",
-                   help="measure the SNR range on this series of the protocol (sigma from its b0 volumes; "
-                        "needs two or more b0s)")
+                   help="measure the SNR range on this series of the protocol (sigma from the spread of its "
+                        "b0 volumes, or with one b0 from DIPY's MP-PCA noise map)")
     p.add_argument("--mask", default="auto", help="mask for --snr-from: a NIfTI file or 'auto' (median_otsu)")
     p.add_argument("--fresh-atoms", action="store_true",
                    help="online simulation: new random clean signals every batch (random, sticks or mixed atoms)")
@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove the Rician / noncentral-chi noise floor from the output (models trained on "
                         "Gaussian noise, the default); noise level from --sigma or the b0 volumes' spread")
     p.add_argument("--sigma", type=float, help="noise standard deviation per channel for --bias-correct "
-                   "(scanner units; default: estimated from two or more b0 volumes)")
+                   "(scanner units; default: the spread of the b0 volumes, or with one b0 DIPY's MP-PCA noise map)")
     p.add_argument("--coils", type=int, default=1,
                    help="receive coils combined by root sum of squares, for --bias-correct (1: Rician)")
     p.add_argument("--uncertainty", type=int, default=0, metavar="K",

@@ -23,7 +23,8 @@ from dwivae.checkpoint import model_fingerprint
 from dwivae.dataset import normalise_by_b0
 from dwivae.errors import InputError
 from dwivae.kernel import compiled_forward
-from dwivae.noise import check_noise_model, remove_noise_floor, sigma_from_b0
+from dwivae.noise import (SIGMA_METHODS, central_slices, check_noise_model, remove_noise_floor, sigma_from_b0,
+                          sigma_from_mppca, sigma_method)
 from dwivae.spatial import smooth_codes
 from dwivae.training import TrainedModel
 
@@ -307,9 +308,10 @@ def denoise_file(
         Extra entries for the JSON sidecar (e.g. the command line); a ``Model`` dict is merged.
     bias_correct : bool
         Remove the Rician / noncentral-chi noise floor from the denoised volumes (for models
-        trained on Gaussian noise), with noise level ``sigma`` (default: estimated from the spread
-        of the b0 volumes inside the mask, or the automatic mask with ``mask=None``; needs two or
-        more b0 volumes) and ``coils`` (1: Rician).
+        trained on Gaussian noise), with noise level ``sigma`` (default: estimated inside the mask,
+        or the automatic mask with ``mask=None``, from the spread of the b0 volumes, or with one
+        b0 volume from DIPY's MP-PCA noise map; see :func:`dwivae.noise.estimate_sigma`) and
+        ``coils`` (1: Rician).
     spatial : float, optional
         Decode latent means averaged over each voxel's neighbourhood with this strength
         (:func:`spatial_codes`; one more pass over the file to encode it first).
@@ -346,10 +348,16 @@ def denoise_file(
     if bias_correct:
         check_noise_model(sigma, coils)
         check_bias_correction(model, sigma if sigma is not None else 1.0)
-        sigma_from = "given" if sigma is not None else "b0 volumes"
+        sigma_from = "given"
         if sigma is None:  # in the brain: background voxels have Rayleigh noise, whose spread is 0.43 sigma²
             brain = inside if mask is not None else auto_mask(img, acq)
-            sigma = sigma_from_b0(b0_volumes(img, acq)[brain], f"{Path(dwi).name}'s protocol")
+            method = sigma_method(acq)
+            sigma_from = SIGMA_METHODS[method]
+            if method == "b0":
+                sigma = sigma_from_b0(b0_volumes(img, acq)[brain], f"{Path(dwi).name}'s protocol")
+            else:
+                z = central_slices(brain)
+                sigma = sigma_from_mppca(np.asarray(img.dataobj[:, :, z], dtype=np.float32), brain[:, :, z])
     codes = h = None
     if spatial is not None:
         codes, h = spatial_codes(io.iter_slabs(img, slab=slab), inside, acq, model, strength=spatial)

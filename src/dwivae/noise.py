@@ -1,7 +1,8 @@
 """The noise of measured data: its level, to match the training noise to it, and its floor.
 
 With two or more b0 volumes, their spread around each voxel's mean b0 measures sigma without a
-model: the b0 signal is the same in every b0 volume, so what varies is noise.
+model: the b0 signal is the same in every b0 volume, so what varies is noise. With one b0 volume,
+DIPY's MP-PCA noise map measures it from the redundancy of the diffusion-weighted volumes.
 
 Magnitude images have a noise floor: where the true signal nu is low, the expected magnitude is
 above it (Rician with one coil, noncentral chi with N coils combined by root sum of squares).
@@ -19,24 +20,77 @@ SNR_LIMITS = (2.0, 1000.0)
 """The SNR range handed to training is clipped to these bounds."""
 
 
-def estimate_sigma(data: np.ndarray, acq: Acquisition, mask: np.ndarray) -> float:
-    """Noise standard deviation from the repeated b0 volumes, in the data's units.
+SIGMA_METHODS = {"b0": "spread of the b0 volumes", "mppca": "MP-PCA noise map"}
+"""How :func:`estimate_sigma` measures the noise, by name, with the words the logs use."""
+MPPCA_SLICES = 8
+"""The MP-PCA estimate runs on at most this many slices around the middle of the mask."""
+
+
+def sigma_method(acq: Acquisition, method: str = "auto") -> str:
+    """``method`` itself, or for ``"auto"``: ``"b0"`` with two or more b0 volumes, else ``"mppca"``."""
+    if method == "auto":
+        return "b0" if int(acq.b0_mask.sum()) >= 2 else "mppca"
+    if method not in SIGMA_METHODS:
+        raise InputError(f"unknown noise estimate {method!r}: choose auto, {', '.join(SIGMA_METHODS)}")
+    return method
+
+
+def estimate_sigma(data: np.ndarray, acq: Acquisition, mask: np.ndarray, *, method: str = "auto") -> float:
+    """Noise standard deviation of the data, in its units.
 
     Parameters
     ----------
     data : (X, Y, Z, N) ndarray
     acq : Acquisition
-        Needs at least two b0 volumes.
     mask : (X, Y, Z) bool ndarray
         Voxels to pool (e.g. the brain).
+    method : {"auto", "b0", "mppca"}
+        ``b0``: the spread of the repeated b0 volumes (two or more). ``mppca``: the median over
+        the mask of DIPY's MP-PCA noise map (Veraart et al. 2016), any protocol, computed on
+        :data:`MPPCA_SLICES` slices around the middle of the mask. ``auto``: ``b0`` where there
+        are two b0 volumes or more, else ``mppca``.
 
     Returns
     -------
     float
-        ``sqrt`` of the mean over the mask of each voxel's unbiased b0 variance. At the SNR of
-        b0 images (> 5) Rician noise is close to Gaussian, so this is the per-channel sigma.
+        For ``b0``: ``sqrt`` of the mean over the mask of each voxel's unbiased b0 variance. At
+        the SNR of b0 images (> 5) Rician noise is close to Gaussian, so both estimates are the
+        per-channel sigma.
     """
-    return sigma_from_b0(np.asarray(data[mask][:, acq.b0_mask]), acq.name)
+    if sigma_method(acq, method) == "b0":
+        return sigma_from_b0(np.asarray(data[mask][:, acq.b0_mask]), acq.name)
+    return sigma_from_mppca(data, mask)
+
+
+def central_slices(mask: np.ndarray, count: int = MPPCA_SLICES) -> slice:
+    """Up to ``count`` slices (z) around the middle of the mask's extent."""
+    z = np.flatnonzero(np.asarray(mask).any(axis=(0, 1)))
+    if z.size == 0:
+        raise InputError("the mask is empty: no voxel to estimate the noise from")
+    start = max(0, min(int(z[len(z) // 2]) - count // 2, mask.shape[2] - count))
+    return slice(start, start + count)
+
+
+def sigma_from_mppca(data: np.ndarray, mask: np.ndarray) -> float:
+    """Median over the mask of DIPY's MP-PCA noise map on the slices of :func:`central_slices`.
+
+    ``data`` may already be cut to those slices (then ``mask`` is cut alike).
+    """
+    from dipy.denoise.localpca import mppca
+
+    if data.shape[2] > MPPCA_SLICES:
+        z = central_slices(mask)
+        data, mask = data[:, :, z], mask[:, :, z]
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        raise InputError("the mask is empty: no voxel to estimate the noise from")
+    with np.errstate(invalid="ignore", divide="ignore"):  # DIPY divides by 0 outside the mask
+        _, sigma = mppca(np.asarray(data, dtype=np.float32), mask=mask, patch_radius=2, return_sigma=True,
+                         suppress_warning=True)
+    values = sigma[mask & (sigma > 0)]
+    if values.size == 0:
+        raise InputError("MP-PCA found no noise in the mask (too few voxels or volumes): give the noise level")
+    return float(np.median(values))
 
 
 def sigma_from_b0(b0: np.ndarray, protocol: str = "this protocol") -> float:
@@ -54,18 +108,18 @@ def sigma_from_b0(b0: np.ndarray, protocol: str = "this protocol") -> float:
 
 
 def snr_range(data: np.ndarray, acq: Acquisition, mask: np.ndarray, *,
-              widen: float = 2.0) -> tuple[float, tuple[float, float]]:
+              widen: float = 2.0, method: str = "auto") -> tuple[float, tuple[float, float]]:
     """The SNR range (S0 / sigma) of the data's voxels, widened for training.
 
     Returns
     -------
     sigma : float
-        See :func:`estimate_sigma`.
+        :func:`estimate_sigma` with ``method``.
     (low, high) : (float, float)
         The 5th and 95th percentiles of the voxels' mean b0 over sigma, divided and multiplied
         by ``widen``, within ``SNR_LIMITS``.
     """
-    sigma = estimate_sigma(data, acq, mask)
+    sigma = estimate_sigma(data, acq, mask, method=method)
     s0 = np.asarray(data[mask][:, acq.b0_mask], dtype=np.float64).mean(axis=1)
     low, high = np.percentile(s0 / sigma, [5, 95])
     clip = lambda v: float(np.clip(v, *SNR_LIMITS))  # noqa: E731
