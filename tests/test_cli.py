@@ -259,7 +259,7 @@ def test_denoise_bias_correct_bad_inputs(tmp_path, capsys, small64):
     dwi, bval, bvec, model_dir = small64
     common = ["denoise", str(dwi), "--bvals", str(bval), "--bvecs", str(bvec), "--out", str(tmp_path / "o.nii.gz"),
               "--quiet"]
-    _fails(capsys, [*common, "--model", str(model_dir), "--sigma", "20"], "add --bias-correct")
+    _fails(capsys, [*common, "--model", str(model_dir), "--sigma", "20"], "add one of them")
     _fails(capsys, [*common, "--model", str(model_dir), "--bias-correct", "--sigma", "-1"], "must be positive")
     rician = training.train(load_acquisition(bval, bvec), arch="dae", seed=0,
                             config=replace(TINY_TRAINING, noise="rician", snr_range=(5.0, 50.0)))
@@ -281,9 +281,11 @@ def test_denoise_spatial_file_matches_memory_across_slabs(tmp_path, capsys):
                  "--out", str(tmp_path / "sp.nii.gz")]) == 0
     side = json.loads((tmp_path / "sp.json").read_text())["Spatial"]
     assert side["Strength"] == 2.0 and side["LatentScale"] > 0 and side["Radius"] == 1
+    truth = json.loads((tmp_path / "ph" / "phantom.json").read_text())["sigma"]
+    assert side["SigmaFrom"] == "spread of the b0 volumes" and side["NoiseSigma"] == pytest.approx(truth, rel=0.15)
     data = np.asarray(nib.load(dwi).dataobj, dtype=np.float32)
     from_file = np.asarray(nib.load(tmp_path / "sp.nii.gz").dataobj)
-    in_memory = denoise(data, acq, load_model(model_dir), spatial=2.0)
+    in_memory = denoise(data, acq, load_model(model_dir), spatial=2.0, sigma=side["NoiseSigma"])
     np.testing.assert_allclose(from_file, in_memory, rtol=1e-5, atol=1e-3)
     plain = denoise(data, acq, load_model(model_dir))
     assert np.abs(from_file - plain).max() > 1.0  # the neighbourhood changed the output

@@ -103,3 +103,17 @@ def test_output_fits_in_dipy(tmp_path, trained_for):
     data = np.asarray(nib.load(paths["denoised"]).dataobj)
     fit = TensorModel(gradient_table(acq.bvals, bvecs=acq.bvecs)).fit(data[4:6, 4:6, 4:6])
     assert np.all(np.isfinite(fit.fa))
+
+
+def test_code_noise_scale_measures_what_noise_does_to_the_codes(trained_for):
+    from dwivae.denoise import code_noise_scale, encode_signals
+    dwi, bval, bvec = real_sample("mrtrix_msmt_dwi")
+    acq = load_acquisition(bval, bvec)
+    model = trained_for("mrtrix_msmt_dwi")
+    signals = np.asarray(nib.load(dwi).dataobj, dtype=np.float32).reshape(-1, acq.n_volumes)
+    codes, s0, valid = encode_signals(signals, acq, model)
+    codes, s0 = codes[valid], s0[valid]
+    scales = [code_noise_scale(codes, s0, model, sigma) for sigma in (1.0, 20.0, 80.0)]
+    assert scales[0] < scales[1] < scales[2] and scales[0] < 0.1 * scales[2]
+    assert code_noise_scale(codes, s0, model, 20.0) == scales[1]  # seeded
+    assert code_noise_scale(codes, s0, model, 20.0, max_voxels=50) != scales[1]  # a subset of voxels

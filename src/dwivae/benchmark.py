@@ -161,14 +161,15 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
                 entry["methods"][method] = row
                 continue
             outputs = [(method, result.denoised, row)]
+            info = phantom["info"]
             if spatial is not None and model is not None:
                 from dwivae.denoise import denoise
-                started = time.perf_counter()
-                smoothed = denoise(phantom["noisy"], acq, model, mask=mask, spatial=spatial)
+                started = time.perf_counter()  # sigma measured on the data, as `denoise --spatial` does
+                smoothed = denoise(phantom["noisy"], acq, model, mask=mask, spatial=spatial,
+                                   coils=info.get("coils") or 1)
                 outputs.append((f"{method}+spatial", smoothed,
                                 {"status": "ok", "note": f"{result.note}, spatial {spatial:g}",
                                  "seconds": time.perf_counter() - started}))
-            info = phantom["info"]
             if (bias_correct and info.get("noise") != "gaussian"
                     and (model is None or model.train_config.noise == "gaussian")):
                 started = time.perf_counter()

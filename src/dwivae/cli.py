@@ -147,8 +147,9 @@ def cmd_denoise(args: argparse.Namespace) -> None:
 
     if bool(args.bvals) != bool(args.bvecs):
         raise InputError("give both --bvals and --bvecs, or neither to use the BIDS files next to the image")
-    if (args.sigma is not None or args.coils != 1) and not args.bias_correct:
-        raise InputError("--sigma and --coils set the noise floor that --bias-correct removes: add --bias-correct")
+    if (args.sigma is not None or args.coils != 1) and not (args.bias_correct or args.spatial is not None):
+        raise InputError("--sigma and --coils describe the data's noise for --bias-correct and --spatial: "
+                         "add one of them")
     bvals, bvecs = (args.bvals, args.bvecs) if args.bvals else io.find_gradient_files(args.dwi)
     acq = load_acquisition(bvals, bvecs)
     io.check_output(args.out, like_img=io.load_dwi(args.dwi), force=args.force)
@@ -356,10 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bias-correct", action="store_true",
                    help="remove the Rician / noncentral-chi noise floor from the output (models trained on "
                         "Gaussian noise, the default); noise level from --sigma or the b0 volumes' spread")
-    p.add_argument("--sigma", type=float, help="noise standard deviation per channel for --bias-correct "
+    p.add_argument("--sigma", type=float, help="noise standard deviation per channel, for --bias-correct and --spatial "
                    "(scanner units; default: the spread of the b0 volumes, or with one b0 DIPY's MP-PCA noise map)")
     p.add_argument("--coils", type=int, default=1,
-                   help="receive coils combined by root sum of squares, for --bias-correct (1: Rician)")
+                   help="receive coils combined by root sum of squares, for --bias-correct and --spatial "
+                        "(1: Rician)")
     p.add_argument("--uncertainty", type=int, default=0, metavar="K",
                    help="write _uncertainty: the standard deviation over K posterior samples (VAE only)")
     p.add_argument("--threads", type=int, default=1,

@@ -23,8 +23,9 @@ from dwivae.checkpoint import model_fingerprint
 from dwivae.dataset import normalise_by_b0
 from dwivae.errors import InputError
 from dwivae.kernel import compiled_forward
-from dwivae.noise import (SIGMA_METHODS, central_slices, check_noise_model, remove_noise_floor, sigma_from_b0,
-                          sigma_from_mppca, sigma_method)
+from dwivae.noise import (SIGMA_METHODS, central_slices, check_noise_model, estimate_sigma, remove_noise_floor,
+                          sigma_from_b0, sigma_from_mppca, sigma_method)
+from dwivae.simulate import add_noncentral_chi_noise
 from dwivae.spatial import smooth_codes
 from dwivae.training import TrainedModel
 
@@ -54,9 +55,9 @@ def check_protocol(model: TrainedModel, acq: Acquisition, *, model_name: str = "
                          "data with `dwivae train --bvals ... --bvecs ... --out DIR`, or pass --train")
 
 
-def check_bias_correction(model: TrainedModel, bias_sigma: float | None) -> None:
+def check_bias_correction(model: TrainedModel) -> None:
     """Refuse to remove a noise floor that the model has already learned to remove."""
-    if bias_sigma is not None and model.train_config.noise != "gaussian":
+    if model.train_config.noise != "gaussian":
         raise InputError(f"this model was trained on {model.train_config.noise} noise, so its output has no "
                          "noise floor left: drop --bias-correct")
 
@@ -153,10 +154,10 @@ def denoise_signals(
 
 @torch.inference_mode()
 def encode_signals(signals: np.ndarray, acq: Acquisition, model: TrainedModel, *,
-                   batch_size: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    """Latent means of measured signals (M, N): ``(codes (M, L) float32, valid (M,) bool)``;
+                   batch_size: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Latent means of measured signals (M, N): ``(codes (M, L) float32, s0 (M,), valid (M,) bool)``;
     rows that are not valid (non-finite values, S0 <= 0) get zeros."""
-    normalised, _, valid = normalise_by_b0(np.asarray(signals, dtype=np.float32), acq)
+    normalised, s0, valid = normalise_by_b0(np.asarray(signals, dtype=np.float32), acq)
     network = model.network.eval()
     compiled = compiled_forward(network, "encoder")
     codes = np.zeros((len(normalised), model.model_config.latent), np.float32)
@@ -165,11 +166,51 @@ def encode_signals(signals: np.ndarray, acq: Acquisition, model: TrainedModel, *
         idx = rows[start:start + batch_size]
         codes[idx] = (compiled(normalised[idx], threads=torch.get_num_threads()) if compiled is not None
                       else network.encode(torch.from_numpy(normalised[idx]))[0].numpy())
-    return codes, valid
+    return codes, s0, valid
+
+
+@torch.inference_mode()
+def code_noise_scale(codes: np.ndarray, s0: np.ndarray, model: TrainedModel, sigma: float, *, coils: int = 1,
+                     max_voxels: int = 20_000, seed: int = 0) -> float:
+    """The distance that noise alone puts between two latent codes of one voxel's signal.
+
+    A parametric bootstrap: each voxel's decoded signal (its estimate of the clean signal) gets
+    magnitude noise of level ``sigma / S0`` twice (noncentral chi over ``coils``; 1: Rician), both
+    copies are encoded, and the median distance between the two codes is returned.
+
+    Parameters
+    ----------
+    codes : (M, L) ndarray
+        Latent means of the voxels.
+    s0 : (M,) ndarray
+        Their S0, in the units of ``sigma``.
+    model : TrainedModel
+    sigma : float
+        The data's noise level.
+    coils : int
+    max_voxels : int
+        At most this many voxels, drawn at random (seeded), are used.
+    seed : int
+
+    Returns
+    -------
+    float
+    """
+    rng = np.random.default_rng(seed)
+    if len(codes) > max_voxels:
+        pick = rng.choice(len(codes), max_voxels, replace=False)
+        codes, s0 = codes[pick], s0[pick]
+    network = model.network.eval()
+    clean = network.decode(torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))).numpy()
+    relative = (sigma / np.asarray(s0, dtype=np.float32))[:, None]
+    a, b = (network.encode(torch.from_numpy(add_noncentral_chi_noise(clean, relative, coils=coils, rng=rng)))[0]
+            .numpy() for _ in range(2))
+    return float(np.median(np.linalg.norm(a - b, axis=1)))
 
 
 def spatial_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: np.ndarray, acq: Acquisition,
-                  model: TrainedModel, *, strength: float = 2.0) -> tuple[np.ndarray, float]:
+                  model: TrainedModel, *, sigma: float, strength: float = 2.0,
+                  coils: int = 1) -> tuple[np.ndarray, float]:
     """Each voxel's latent mean averaged over its 3x3x3 neighbourhood, edge-aware (:mod:`dwivae.spatial`).
 
     Parameters
@@ -178,9 +219,13 @@ def spatial_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: np.ndarr
         The series, slab by slab (one slab for data in memory).
     inside : (X, Y, Z) bool ndarray
         The mask: only its voxels are encoded and averaged.
+    sigma : float
+        The data's noise level, for the codes' noise scale (:func:`code_noise_scale`).
     strength : float
-        Distance scale of the weights in units of the codes' noise scale (2: tuned on a phantom
-        of another seed than the benchmark's).
+        Distance scale of the weights in units of the codes' noise scale (tuned on a phantom of
+        another seed than the benchmark's).
+    coils : int
+        Receive coils of the data's magnitude noise (1: Rician).
 
     Returns
     -------
@@ -189,14 +234,18 @@ def spatial_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: np.ndarr
         The distance scale used.
     """
     latent = np.zeros((*inside.shape, model.model_config.latent), np.float32)
+    s0 = np.zeros(inside.shape, np.float32)
     valid = np.zeros(inside.shape, bool)
     for z0, z1, data in slabs:
         sel = inside[:, :, z0:z1]
-        codes, ok = encode_signals(data[sel], acq, model)
-        slab_codes, slab_valid = latent[:, :, z0:z1], valid[:, :, z0:z1]
-        slab_codes[sel] = codes
-        slab_valid[sel] = ok
-    return smooth_codes(latent, valid, strength=strength)
+        codes, slab_s0, ok = encode_signals(data[sel], acq, model)
+        for volume, values in ((latent, codes), (s0, slab_s0), (valid, ok)):
+            part = volume[:, :, z0:z1]
+            part[sel] = values
+    if not valid.any():
+        raise InputError("no voxel with S0 > 0 and finite values in the mask: nothing to average")
+    scale = code_noise_scale(latent[valid], s0[valid], model, sigma, coils=coils)
+    return smooth_codes(latent, valid, scale=scale, strength=strength)
 
 
 def denoise(
@@ -207,7 +256,8 @@ def denoise(
     mask: np.ndarray | None = None,
     denoise_b0: bool = False,
     batch_size: int = 1 << 16,
-    bias_sigma: float | None = None,
+    bias_correct: bool = False,
+    sigma: float | None = None,
     coils: int = 1,
     spatial: float | None = None,
 ) -> np.ndarray:
@@ -225,8 +275,13 @@ def denoise(
     denoise_b0 : bool
         Also replace the b0 volumes by the model's output.
     batch_size : int
-    bias_sigma, coils
-        Remove the noise floor of the output for this noise level (see :func:`denoise_signals`).
+    bias_correct : bool
+        Remove the noise floor of the output (see :func:`denoise_signals`).
+    sigma : float, optional
+        The data's noise level, for ``bias_correct`` and ``spatial`` (default: measured in the
+        mask, :func:`dwivae.noise.estimate_sigma`).
+    coils : int
+        Receive coils of the magnitude noise (1: Rician).
     spatial : float, optional
         Decode each voxel's latent mean averaged over its neighbourhood with this strength
         (:func:`spatial_codes`) instead of its own.
@@ -239,16 +294,21 @@ def denoise(
     if data.ndim != 4 or data.shape[-1] != acq.n_volumes:
         raise InputError(f"data of shape {data.shape} does not hold {acq.n_volumes} volumes on a 4th axis")
     check_protocol(model, acq)
-    check_bias_correction(model, bias_sigma)
+    if bias_correct:
+        check_bias_correction(model)
+    check_noise_model(sigma, coils)
     if mask is not None and mask.shape != data.shape[:3]:
         raise InputError(f"mask has shape {mask.shape} but the data has {data.shape[:3]}")
     out = data.astype(np.float32, copy=True)
     inside = np.ones(data.shape[:3], bool) if mask is None else mask.astype(bool)
+    if sigma is None and (bias_correct or spatial is not None):
+        sigma = estimate_sigma(data, acq, inside)
     codes = None
     if spatial is not None:
-        codes = spatial_codes([(0, data.shape[2], data)], inside, acq, model, strength=spatial)[0][inside]
+        codes = spatial_codes([(0, data.shape[2], data)], inside, acq, model, sigma=sigma, strength=spatial,
+                              coils=coils)[0][inside]
     out[inside], _, _ = denoise_signals(data[inside], acq, model, denoise_b0=denoise_b0, batch_size=batch_size,
-                                        bias_sigma=bias_sigma, coils=coils, codes=codes)
+                                        bias_sigma=sigma if bias_correct else None, coils=coils, codes=codes)
     return out
 
 
@@ -345,22 +405,24 @@ def denoise_file(
         io.check_output(path, like_img=img, force=force)
     inside = (auto_mask(img, acq) if mask == "auto" else
               np.ones(img.shape[:3], bool) if mask is None else io.load_mask(mask, img))
+    check_noise_model(sigma, coils)
     if bias_correct:
-        check_noise_model(sigma, coils)
-        check_bias_correction(model, sigma if sigma is not None else 1.0)
-        sigma_from = "given"
-        if sigma is None:  # in the brain: background voxels have Rayleigh noise, whose spread is 0.43 sigma²
-            brain = inside if mask is not None else auto_mask(img, acq)
-            method = sigma_method(acq)
-            sigma_from = SIGMA_METHODS[method]
-            if method == "b0":
-                sigma = sigma_from_b0(b0_volumes(img, acq)[brain], f"{Path(dwi).name}'s protocol")
-            else:
-                z = central_slices(brain)
-                sigma = sigma_from_mppca(np.asarray(img.dataobj[:, :, z], dtype=np.float32), brain[:, :, z])
+        check_bias_correction(model)
+    sigma_from = "given"
+    if sigma is None and (bias_correct or spatial is not None):
+        # in the brain: background voxels have Rayleigh noise, whose spread is 0.43 sigma²
+        brain = inside if mask is not None else auto_mask(img, acq)
+        method = sigma_method(acq)
+        sigma_from = SIGMA_METHODS[method]
+        if method == "b0":
+            sigma = sigma_from_b0(b0_volumes(img, acq)[brain], f"{Path(dwi).name}'s protocol")
+        else:
+            z = central_slices(brain)
+            sigma = sigma_from_mppca(np.asarray(img.dataobj[:, :, z], dtype=np.float32), brain[:, :, z])
     codes = h = None
     if spatial is not None:
-        codes, h = spatial_codes(io.iter_slabs(img, slab=slab), inside, acq, model, strength=spatial)
+        codes, h = spatial_codes(io.iter_slabs(img, slab=slab), inside, acq, model, sigma=sigma, strength=spatial,
+                                 coils=coils)
     generator = torch.Generator().manual_seed(seed)
     stats = DenoiseStats(outside_mask=int((~inside).sum()),
                          engine="torch" if compiled_forward(model.network) is None else "compiled")
@@ -402,7 +464,8 @@ def denoise_file(
         "Mask": str(mask),
         "DenoiseB0": denoise_b0,
         "PosteriorSamples": uncertainty,
-        "Spatial": {"Strength": spatial, "LatentScale": h, "Radius": 1} if spatial is not None else None,
+        "Spatial": ({"Strength": spatial, "LatentScale": h, "Radius": 1, "NoiseSigma": sigma,
+                     "SigmaFrom": sigma_from} if spatial is not None else None),
         "BiasCorrection": ({"NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils} if bias_correct
                            else None),
         "VoxelsDenoised": stats.denoised,

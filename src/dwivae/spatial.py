@@ -5,8 +5,10 @@ does; a plain average over neighbours does, but blurs tissue boundaries. Here ea
 mean is replaced by a weighted mean over its (2r + 1)³ neighbourhood, with weights
 ``exp(-|mu_k - mu_c|² / h²)``: neighbours whose codes are close (the same tissue, the same
 fibre direction) count, those across a boundary do not. ``h`` is
-``strength`` times the median distance between the codes of face neighbours, which in a
-homogeneous region is the distance that noise alone puts between two codes. It is a bilateral
+``strength`` times ``scale``, the distance that noise alone puts between two codes of the same
+signal (:func:`dwivae.denoise.code_noise_scale` measures it by a parametric bootstrap: the
+distance between the face neighbours' codes, an earlier choice, also counts anatomy and was
+twice as large on real data). It is a bilateral
 (non-local-means-like) filter in the latent space (Tomasi and Manduchi 1998; Buades et al. 2005),
 not a learned one.
 """
@@ -17,32 +19,6 @@ import itertools
 import numpy as np
 
 from dwivae.errors import InputError
-
-
-def latent_noise_scale(latent: np.ndarray, valid: np.ndarray) -> float:
-    """Median distance between the latent codes of valid face neighbours.
-
-    Parameters
-    ----------
-    latent : (X, Y, Z, L) ndarray
-    valid : (X, Y, Z) bool ndarray
-
-    Returns
-    -------
-    float
-    """
-    distances = []
-    for axis in range(3):
-        a = [slice(None)] * 3
-        b = [slice(None)] * 3
-        a[axis], b[axis] = slice(1, None), slice(None, -1)
-        both = valid[tuple(a)] & valid[tuple(b)]
-        diff = latent[tuple(a)][both] - latent[tuple(b)][both]
-        distances.append(np.sqrt(np.sum(diff.astype(np.float64) ** 2, axis=-1)))
-    distances = np.concatenate(distances)
-    if distances.size == 0:
-        raise InputError("spatial averaging needs neighbouring voxels inside the mask; the mask has none")
-    return float(np.median(distances))
 
 
 def neighbourhood_average(latent: np.ndarray, valid: np.ndarray, *, h: float, radius: int = 1) -> np.ndarray:
@@ -83,9 +59,18 @@ def neighbourhood_average(latent: np.ndarray, valid: np.ndarray, *, h: float, ra
     return out
 
 
-def smooth_codes(latent: np.ndarray, valid: np.ndarray, *, strength: float = 2.0,
+def smooth_codes(latent: np.ndarray, valid: np.ndarray, *, scale: float, strength: float = 2.0,
                  radius: int = 1) -> tuple[np.ndarray, float]:
-    """:func:`neighbourhood_average` with ``h = strength * latent_noise_scale(latent, valid)``.
+    """:func:`neighbourhood_average` with ``h = strength * scale``.
+
+    Parameters
+    ----------
+    latent : (X, Y, Z, L) ndarray
+    valid : (X, Y, Z) bool ndarray
+    scale : float
+        The distance that noise alone puts between two codes of one signal.
+    strength : float
+    radius : int
 
     Returns
     -------
@@ -95,7 +80,7 @@ def smooth_codes(latent: np.ndarray, valid: np.ndarray, *, strength: float = 2.0
     """
     if not strength > 0:
         raise InputError(f"the spatial strength must be positive, got {strength}")
-    h = strength * latent_noise_scale(latent, valid)
-    if h == 0:  # identical codes everywhere: nothing to average
+    h = strength * scale
+    if h == 0:  # noise-free codes: nothing to average
         return np.array(latent, dtype=np.float32, copy=True), 0.0
     return neighbourhood_average(latent, valid, h=h, radius=radius), h
