@@ -2,7 +2,7 @@
 
 :class:`CompiledStep` is :class:`~dwivae.fused.FusedStep` with the per-chunk forward and backward
 (85 torch ops from Python) replaced by one call into the compiled kernel of :mod:`dwivae.kernel`,
-which takes 32 samples at a time through every layer and back with the activations in cache, and
+which takes 128 samples at a time through every layer and back with the activations in cache, and
 sums each weight's gradient in vector lanes. The weights, the ``[W | b]`` gather, the lanes (Python
 threads: ctypes releases the GIL) and torch's fused Adam are FusedStep's, so the update is the same
 up to float32 rounding. Deterministic: same network, batches and lanes give bit-identical weights.

@@ -4,13 +4,12 @@ A voxel-wise network sees one voxel's signal, so it cannot pool noise across vox
 does; a plain average over neighbours does, but blurs tissue boundaries. Here each voxel's latent
 mean is replaced by a weighted mean over its (2r + 1)³ neighbourhood, with weights
 ``exp(-|mu_k - mu_c|² / h²)``: neighbours whose codes are close (the same tissue, the same
-fibre direction) count, those across a boundary do not. ``h`` is
-``strength`` times ``scale``, the distance that noise alone puts between two codes of the same
-signal (:func:`dwivae.denoise.code_noise_scale` measures it by a parametric bootstrap: the
-distance between the face neighbours' codes, an earlier choice, also counts anatomy and was
-twice as large on real data). It is a bilateral
-(non-local-means-like) filter in the latent space (Tomasi and Manduchi 1998; Buades et al. 2005),
-not a learned one.
+fibre direction) count, those across a boundary do not. ``h`` is ``strength`` times ``scale``,
+the distance that noise alone puts between two codes of the same signal
+(:func:`dwivae.denoise.code_noise_scale` measures it by a parametric bootstrap; the distance
+between face neighbours' codes, an earlier choice, also counts anatomy and was twice as large
+on real data). It is a bilateral (non-local-means-like) filter in the latent space (Tomasi and
+Manduchi 1998; Buades et al. 2005), not a learned one.
 """
 from __future__ import annotations
 
