@@ -290,3 +290,6 @@ def test_denoise_spatial_file_matches_memory_across_slabs(tmp_path, capsys):
     plain = denoise(data, acq, load_model(model_dir))
     assert np.abs(from_file - plain).max() > 1.0  # the neighbourhood changed the output
     np.testing.assert_array_equal(from_file[..., acq.b0_mask], data[..., acq.b0_mask])
+    # the report says what was done besides the network
+    assert main(["report", str(tmp_path / "sp.nii.gz"), "--out", str(tmp_path / "report.html")]) == 0
+    assert "spatial 2 (h " in (tmp_path / "report.html").read_text()

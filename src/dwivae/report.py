@@ -81,6 +81,20 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _options(sidecar: Mapping) -> str:
+    """What a denoising run did besides the network, from its sidecar: neighbourhood, noise floor, b0."""
+    parts = []
+    if sidecar.get("Spatial"):
+        sp = sidecar["Spatial"]
+        parts.append(f"spatial {_fmt(sp['Strength'])} (h {_fmt(sp['LatentScale'])}, sigma {_fmt(sp['NoiseSigma'])})")
+    if sidecar.get("BiasCorrection"):
+        bc = sidecar["BiasCorrection"]
+        parts.append(f"noise floor removed (sigma {_fmt(bc['NoiseSigma'])}, {bc['Coils']} coil(s))")
+    if sidecar.get("DenoiseB0"):
+        parts.append("b0 denoised")
+    return "; ".join(parts) or "-"
+
+
 def _benchmark_tables(results: Mapping) -> list[tuple[str, list[str], list[list[str]]]]:
     tables = []
     for name, entry in results["phantoms"].items():
@@ -138,7 +152,7 @@ def build_report(outputs: Sequence[str | PathLike[str]], out: str | PathLike[str
         run = [["input", str(data.source)], ["protocol", f"{acq.describe()} (fingerprint {acq.fingerprint()})"],
                ["report written", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")]]
         run += [[f"command ({n})", i.get("Command", "-")] for n, i in data.sidecars.items()]
-        outputs_rows = [[n, str(data.paths[n]), i["Model"].get("path", "-"), _fmt(i.get("VoxelsDenoised")),
+        outputs_rows = [[n, str(data.paths[n]), i["Model"].get("path", "-"), _options(i), _fmt(i.get("VoxelsDenoised")),
                          _fmt(i.get("VoxelsSkipped")), _fmt(i.get("Seconds"))] for n, i in data.sidecars.items()]
         numbers_rows = [[n, _fmt(v.get("residual_mean")), _fmt(v.get("residual_sd")), _fmt(v["fa_mean"]),
                          _fmt(v["md_mean"])] for n, v in numbers["in_vivo"].items()]
@@ -149,7 +163,8 @@ def build_report(outputs: Sequence[str | PathLike[str]], out: str | PathLike[str
         sections = [
             Section("What was run", tables=[("Run", ["", ""], run), ("Software", ["package", "version"], _versions())]),
             Section("Key numbers", tables=[
-                ("Outputs", ["method", "file", "model", "voxels denoised", "voxels skipped", "seconds"], outputs_rows),
+                ("Outputs", ["method", "file", "model", "options", "voxels denoised", "voxels skipped", "seconds"],
+                 outputs_rows),
                 ("In the denoised voxels (scanner units; residual over DW volumes)",
                  ["series", "residual mean", "residual sd", "mean FA", "mean MD (mm²/s)"], numbers_rows),
                 *([("Models (latents analysed on the input's voxels)",
