@@ -14,13 +14,15 @@ import os
 
 import numpy as np
 import torch
+from torch import nn
 
 from dwivae.fused import FusedStep, UnsupportedNetwork
-from dwivae.kernel import MAX_WIDTH, library
+from dwivae.kernel import ACTIVATION_CODES, MAX_WIDTH, library
 from dwivae.models import Autoencoder
 
-ACTIVATIONS = {"elu": 1, "relu": 3, "leaky_relu": 4}
-"""Codes of train_step.c's hidden activations (simd.h)."""
+ACTIVATIONS = {name: ACTIVATION_CODES[module] for name, module in
+               (("elu", nn.ELU), ("relu", nn.ReLU), ("leaky_relu", nn.LeakyReLU))}
+"""FusedStep's activation names to the kernel's codes (simd.h)."""
 LOSSES = {"huber": 0, "mse": 1, "l1": 2}
 
 
