@@ -293,3 +293,37 @@ def test_denoise_spatial_file_matches_memory_across_slabs(tmp_path, capsys):
     # the report says what was done besides the network
     assert main(["report", str(tmp_path / "sp.nii.gz"), "--out", str(tmp_path / "report.html")]) == 0
     assert "spatial 2 (h " in (tmp_path / "report.html").read_text()
+
+
+def test_train_context_then_denoise_uses_it(tmp_path, capsys):
+    from dwivae.denoise import denoise
+    assert main(["phantom", "--protocol", "seed32", "--shape", "20", "20", "12", "--snr", "15", "--out",
+                 str(tmp_path / "ph")]) == 0
+    dwi = tmp_path / "ph" / "dwi.nii.gz"
+    model_dir = tmp_path / "m"
+    assert main(["train", "--protocol", "seed32", "--context", "--context-steps", "20", "--quiet",
+                 "--out", str(model_dir)]) == 0
+    assert "context network" in capsys.readouterr().out
+    model = load_model(model_dir)
+    assert model.context is not None and model.context.config.steps == 20
+    assert model.summary["context"]["test_mse"] > 0
+    # 12 slices in slabs of 8: neighbourhoods cross the slab boundary
+    assert main(["denoise", str(dwi), "--model", str(model_dir), "--mask", "none", "--quiet",
+                 "--out", str(tmp_path / "c.nii.gz")]) == 0
+    sidecar = json.loads((tmp_path / "c.json").read_text())
+    assert sidecar["Context"] == {"Radius": 1, "Learned": True} and "neighbourhood" in sidecar["Description"]
+    data = np.asarray(nib.load(dwi).dataobj, dtype=np.float32)
+    acq = load_acquisition(tmp_path / "ph" / "dwi.bval", tmp_path / "ph" / "dwi.bvec")
+    from_file = np.asarray(nib.load(tmp_path / "c.nii.gz").dataobj)
+    np.testing.assert_allclose(from_file, denoise(data, acq, model), rtol=1e-5, atol=1e-3)
+    assert main(["denoise", str(dwi), "--model", str(model_dir), "--mask", "none", "--quiet", "--no-context",
+                 "--out", str(tmp_path / "v.nii.gz")]) == 0
+    assert json.loads((tmp_path / "v.json").read_text())["Context"] is None
+    voxelwise = np.asarray(nib.load(tmp_path / "v.nii.gz").dataobj)
+    np.testing.assert_allclose(voxelwise, denoise(data, acq, model, context=False), rtol=1e-5, atol=1e-3)
+    assert np.abs(from_file - voxelwise).max() > 1.0
+    _fails(capsys, ["denoise", str(dwi), "--model", str(model_dir), "--spatial", "--quiet",
+                    "--out", str(tmp_path / "s.nii.gz")], "drop --spatial")
+    assert not (tmp_path / "s.nii.gz").exists()
+    assert main(["report", str(tmp_path / "c.nii.gz"), "--out", str(tmp_path / "report.html")]) == 0
+    assert "learned context (3x3x3)" in (tmp_path / "report.html").read_text()

@@ -83,11 +83,11 @@ def test_cosine_schedule_decays_to_a_hundredth():
 
 @pytest.mark.parametrize("noise, coils", [("rician", 1), ("nc-chi", 4)])
 def test_training_noise_matches_the_model(noise, coils):
-    from dwivae.training import _noisy_batch
+    from dwivae.training import noisy_batch
     config = TrainConfig(samples_per_epoch=1000, noise=noise, coils=coils, snr_range=(10, 10))
     clean = torch.full((100_000, 2), 0.4)
     sigma = torch.full((100_000, 1), 0.1)
-    noisy = _noisy_batch(clean, sigma, config, torch.Generator().manual_seed(0)).double()
+    noisy = noisy_batch(clean, sigma, config, torch.Generator().manual_seed(0)).double()
     assert float((noisy ** 2).mean()) == pytest.approx(0.4 ** 2 + 2 * coils * 0.1 ** 2, rel=5e-3)
     assert float(noisy.min()) >= 0
 

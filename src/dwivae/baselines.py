@@ -63,7 +63,8 @@ def _ours(data: np.ndarray, acq: Acquisition, mask: np.ndarray, model: TrainedMo
     from dwivae.denoise import denoise
     if model is None:
         raise InputError("vae and dae need a trained model for the protocol")
-    return denoise(data, acq, model, mask=mask), f"{model.model_config.arch}, latent {model.model_config.latent}"
+    note = f"{model.model_config.arch}, latent {model.model_config.latent}"
+    return denoise(data, acq, model, mask=mask), note + (", learned context" if model.context is not None else "")
 
 
 def _mppca(data: np.ndarray, acq: Acquisition, mask: np.ndarray, threads: int) -> tuple[np.ndarray, str]:

@@ -127,7 +127,8 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
         b0 volumes kept) as ``<method>+bc``; not for networks trained on such noise.
     spatial : float, optional
         Also score each network (vae, dae, variants) with its latent means averaged over the
-        neighbourhood at this strength (:func:`dwivae.denoise.spatial_codes`), as ``<method>+spatial``.
+        neighbourhood at this strength (:func:`dwivae.denoise.spatial_codes`), as ``<method>+spatial``
+        (the voxel-wise codes, also for a network with a learned context).
 
     Returns
     -------
@@ -166,7 +167,7 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
                 from dwivae.denoise import denoise
                 started = time.perf_counter()  # sigma measured on the data, as `denoise --spatial` does
                 smoothed = denoise(phantom["noisy"], acq, model, mask=mask, spatial=spatial,
-                                   coils=info.get("coils") or 1)
+                                   coils=info.get("coils") or 1, context=False)
                 outputs.append((f"{method}+spatial", smoothed,
                                 {"status": "ok", "note": f"{result.note}, spatial {spatial:g}",
                                  "seconds": time.perf_counter() - started}))

@@ -20,12 +20,22 @@ from safetensors.torch import load_file, save_file
 from dwivae._version import __version__
 from dwivae.acquisition import Acquisition, from_json
 from dwivae.errors import InputError
-from dwivae.models import ModelConfig, build_model
+from dwivae.models import ContextConfig, ContextNet, ModelConfig, build_model
 from dwivae.training import TrainConfig, TrainedModel, train
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 METADATA = "model.json"
+CONTEXT_PREFIX = "context"
+"""Weights of a context network are stored beside the autoencoder's, under this prefix."""
+
+
+def model_state(model: TrainedModel) -> dict:
+    """The autoencoder's state dict and, under ``CONTEXT_PREFIX``, the context network's."""
+    state = dict(model.network.state_dict())
+    if model.context is not None:
+        state.update({f"{CONTEXT_PREFIX}.{k}": v for k, v in model.context.state_dict().items()})
+    return state
 
 
 def save_model(model: TrainedModel, out: str | PathLike[str], *, force: bool = False) -> Path:
@@ -58,9 +68,11 @@ def save_model(model: TrainedModel, out: str | PathLike[str], *, force: bool = F
         "summary": model.summary,
         "history": model.history,
     }
+    if model.context is not None:
+        metadata["context_config"] = model.context.config.to_json()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        state = {k: v.detach().contiguous() for k, v in model.network.state_dict().items()}
+        state = {k: v.detach().contiguous() for k, v in model_state(model).items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2))
         if out.exists():
@@ -103,12 +115,19 @@ def load_model(path: str | PathLike[str]) -> TrainedModel:
         train_config = TrainConfig(**meta["train_config"])
         acquisition = from_json(meta["acquisition"])
         network = build_model(model_config)
-        network.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+        context = ContextNet(ContextConfig(**meta["context_config"])) if "context_config" in meta else None
+        weights = load_file(str(path / WEIGHTS))
+        prefix = f"{CONTEXT_PREFIX}."
+        network.load_state_dict({k: v for k, v in weights.items() if not k.startswith(prefix)}, strict=True)
+        if context is not None:
+            context.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)},
+                                    strict=True)
+            context.eval()
     except (KeyError, TypeError, RuntimeError, SafetensorError, OSError) as err:
         raise InputError(f"{path} is corrupt ({type(err).__name__}: {err}): retrain or re-download the model") from None
     network.eval()
     return TrainedModel(network, model_config, train_config, acquisition,
-                        meta.get("history", []), meta.get("summary", {}))
+                        meta.get("history", []), meta.get("summary", {}), context)
 
 
 def cache_dir() -> Path:
@@ -155,7 +174,9 @@ def load_or_train(
 def model_fingerprint(model: TrainedModel) -> str:
     """A 16-hex-digit hash of the weights and configuration, for provenance records."""
     digest = hashlib.sha256(json.dumps([model.model_config.to_json(), model.train_config.to_json()]).encode())
-    for name, tensor in model.network.state_dict().items():
+    if model.context is not None:
+        digest.update(json.dumps(model.context.config.to_json()).encode())
+    for name, tensor in model_state(model).items():
         digest.update(name.encode())
         digest.update(tensor.detach().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

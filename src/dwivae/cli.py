@@ -115,10 +115,30 @@ def cmd_train(args: argparse.Namespace) -> None:
             bar.update()
         model = train(acq, arch=args.arch, latent=args.latent, seed=args.seed, config=config, callback=show,
                       hidden=tuple(args.hidden) if args.hidden else None)
-    save_model(model, args.out, force=args.force)
     s = model.summary
     print(f"trained {args.arch} (latent {args.latent}) for {acq.describe()}: test MSE {s['test_mse']:.4g}, "
-          f"{s['samples_per_second'] / 1e6:.2f} M samples/s, {s['wall_seconds']:.1f} s -> {args.out}")
+          f"{s['samples_per_second'] / 1e6:.2f} M samples/s, {s['wall_seconds']:.1f} s")
+    if args.context:
+        _train_context(model, steps=args.context_steps, quiet=args.quiet)
+    save_model(model, args.out, force=args.force)
+    print(f"-> {args.out}")
+
+
+def _train_context(model, *, steps: int, quiet: bool) -> None:
+    from tqdm import tqdm
+
+    from dwivae.context import train_context
+    from dwivae.models import ContextConfig
+
+    config = ContextConfig(latent=model.model_config.latent, steps=steps)
+    with tqdm(total=steps, desc="train context", unit="step", disable=quiet) as bar:
+        def show(step: int, loss: float) -> None:
+            bar.set_postfix(loss=f"{loss:.4g}")
+            bar.update(step - bar.n)
+        train_context(model, config=config, callback=show)
+    c = model.summary["context"]
+    print(f"trained a {config.size}-voxel context network: centre-voxel test MSE {c['test_mse']:.4g} "
+          f"(voxel-wise {c['test_mse_voxelwise']:.4g}), {c['seconds']:.1f} s")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -168,7 +188,7 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     paths, stats = denoise_file(args.dwi, acq, model, args.out, mask=mask, denoise_b0=args.denoise_b0,
                                 uncertainty=args.uncertainty, seed=args.seed, force=args.force,
                                 bias_correct=args.bias_correct, sigma=args.sigma, coils=args.coils,
-                                spatial=args.spatial,
+                                spatial=args.spatial, context=args.context,
                                 progress=not args.quiet,
                                 provenance={"Command": shlex.join(["dwivae", *args.argv]),
                                             "Model": {"path": str(Path(model_path).resolve())},
@@ -253,7 +273,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 EXAMPLES = {
     "simulate": "dwivae simulate --protocol seed32 --out sims/seed32",
     "train": "dwivae train --protocol seed32 --arch vae --out models/vae32\n"
-             "  dwivae train --bvals dwi.bval --bvecs dwi.bvec --arch dae --seed 1 --out models/dae",
+             "  dwivae train --bvals dwi.bval --bvecs dwi.bvec --arch dae --seed 1 --out models/dae\n"
+             "  dwivae train --bvals dwi.bval --bvecs dwi.bvec --atoms mixed --fresh-atoms --noise rician "
+             "--snr-from dwi.nii.gz --context --out models/vae_context",
     "evaluate": "dwivae evaluate models/vae32 models/dae32 --out results/",
     "denoise": "dwivae denoise dwi.nii.gz --bvals dwi.bval --bvecs dwi.bvec --model models/vae32 --out dwi_vae.nii.gz\n"
                "  dwivae denoise sub-01_dwi.nii.gz --train --out sub-01_desc-denoised_dwi.nii.gz",
@@ -329,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--free-water", type=float, metavar="FRACTION",
                    help="make this fraction of the random tensors isotropic, up to free water (3.5e-3 mm²/s); "
                         "random or mixed atoms")
+    p.add_argument("--context", action="store_true",
+                   help="then train a network that combines the latent codes of each voxel's 3x3x3 "
+                        "neighbourhood, on simulated neighbourhoods with tissue boundaries; "
+                        "`dwivae denoise` uses it")
+    p.add_argument("--context-steps", type=int, default=3000, metavar="N",
+                   help="training steps of the context network (default 3000, 1024 neighbourhoods each)")
     p.add_argument("--seed", type=int, default=0, help="fixes simulation, split and initialisation")
     p.add_argument("--out", type=Path, required=True, help="model directory to create")
     p.set_defaults(run=cmd_train)
@@ -351,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", default="auto",
                    help="mask NIfTI on the image grid, 'auto' (DIPY median_otsu on the mean b0, default) or 'none'")
     p.add_argument("--denoise-b0", action="store_true", help="replace the b0 volumes too (default: kept as measured)")
+    p.add_argument("--no-context", dest="context", action="store_false",
+                   help="denoise voxel by voxel even if the model has a learned context network (`train --context`)")
     p.add_argument("--spatial", type=float, nargs="?", const=2.0, metavar="STRENGTH",
                    help="decode each voxel's latent mean averaged over its 3x3x3 neighbourhood, weighted by how "
                         "close the neighbours' codes are (edge-aware; strength 2 if no value is given)")

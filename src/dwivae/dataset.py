@@ -19,7 +19,7 @@ from dwivae.simulate import (STUDY_NOISE_LEVELS, add_gaussian_noise, ball_and_st
 from dwivae.tensorfit import fit_tensor
 
 ATOM_SOURCES = ("grid", "random", "sticks", "mixed")
-STREAMS = ("split", "test_noise", "train", "init")
+STREAMS = ("split", "test_noise", "train", "init", "context")
 """Independent random streams spawned from one seed, in this order."""
 
 

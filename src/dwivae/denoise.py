@@ -20,6 +20,7 @@ import torch
 from dwivae._version import __version__
 from dwivae.acquisition import Acquisition
 from dwivae.checkpoint import model_fingerprint
+from dwivae.context import context_codes
 from dwivae.dataset import normalise_by_b0
 from dwivae.errors import InputError
 from dwivae.kernel import compiled_forward
@@ -208,6 +209,39 @@ def code_noise_scale(codes: np.ndarray, s0: np.ndarray, model: TrainedModel, sig
     return float(np.median(np.linalg.norm(a - b, axis=1)))
 
 
+def encode_volume(slabs: Iterable[tuple[int, int, np.ndarray]], inside: np.ndarray, acq: Acquisition,
+                  model: TrainedModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Latent means of the mask's voxels, slab by slab.
+
+    Parameters
+    ----------
+    slabs : iterable of (z0, z1, (X, Y, z1 - z0, N) ndarray)
+        The series, slab by slab (one slab for data in memory).
+    inside : (X, Y, Z) bool ndarray
+        The mask: only its voxels are encoded.
+
+    Returns
+    -------
+    latent : (X, Y, Z, L) ndarray, float32
+    s0 : (X, Y, Z) ndarray, float32
+    valid : (X, Y, Z) bool ndarray
+        Voxels in the mask with S0 > 0 and finite values (the others have zero codes).
+    """
+    latent = np.zeros((*inside.shape, model.model_config.latent), np.float32)
+    s0 = np.zeros(inside.shape, np.float32)
+    valid = np.zeros(inside.shape, bool)
+    for z0, z1, data in slabs:
+        sel = inside[:, :, z0:z1]
+        codes, slab_s0, ok = encode_signals(data[sel], acq, model)
+        for volume, values in ((latent, codes), (s0, slab_s0), (valid, ok)):
+            part = volume[:, :, z0:z1]
+            part[sel] = values
+    if not valid.any():
+        raise InputError("no voxel with S0 > 0 and finite values in the mask: nothing to combine over "
+                         "neighbourhoods")
+    return latent, s0, valid
+
+
 def spatial_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: np.ndarray, acq: Acquisition,
                   model: TrainedModel, *, sigma: float, strength: float = 2.0,
                   coils: int = 1) -> tuple[np.ndarray, float]:
@@ -215,10 +249,8 @@ def spatial_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: np.ndarr
 
     Parameters
     ----------
-    slabs : iterable of (z0, z1, (X, Y, z1 - z0, N) ndarray)
-        The series, slab by slab (one slab for data in memory).
-    inside : (X, Y, Z) bool ndarray
-        The mask: only its voxels are encoded and averaged.
+    slabs, inside
+        See :func:`encode_volume`.
     sigma : float
         The data's noise level, for the codes' noise scale (:func:`code_noise_scale`).
     strength : float
@@ -233,19 +265,25 @@ def spatial_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: np.ndarr
     h : float
         The distance scale used.
     """
-    latent = np.zeros((*inside.shape, model.model_config.latent), np.float32)
-    s0 = np.zeros(inside.shape, np.float32)
-    valid = np.zeros(inside.shape, bool)
-    for z0, z1, data in slabs:
-        sel = inside[:, :, z0:z1]
-        codes, slab_s0, ok = encode_signals(data[sel], acq, model)
-        for volume, values in ((latent, codes), (s0, slab_s0), (valid, ok)):
-            part = volume[:, :, z0:z1]
-            part[sel] = values
-    if not valid.any():
-        raise InputError("no voxel with S0 > 0 and finite values in the mask: nothing to average")
+    latent, s0, valid = encode_volume(slabs, inside, acq, model)
     scale = code_noise_scale(latent[valid], s0[valid], model, sigma, coils=coils)
     return smooth_codes(latent, valid, scale=scale, strength=strength)
+
+
+def learned_context_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: np.ndarray, acq: Acquisition,
+                          model: TrainedModel) -> np.ndarray:
+    """Each voxel's code from its neighbourhood's latent means by the model's context network
+    (:mod:`dwivae.context`); ``slabs`` and ``inside`` as in :func:`encode_volume`. Returns
+    (X, Y, Z, L) float32 codes."""
+    latent, _, valid = encode_volume(slabs, inside, acq, model)
+    return context_codes(latent, valid, model.context)
+
+
+def check_context(model: TrainedModel, *, spatial: float | None) -> None:
+    """Refuse a learned and a hand-set neighbourhood at once."""
+    if spatial is not None and model.context is not None:
+        raise InputError("this model has a learned context network, which already combines each voxel's "
+                         "neighbourhood: drop --spatial, or pass --no-context to use --spatial instead")
 
 
 def denoise(
@@ -260,6 +298,7 @@ def denoise(
     sigma: float | None = None,
     coils: int = 1,
     spatial: float | None = None,
+    context: bool = True,
 ) -> np.ndarray:
     """Denoise a 4D diffusion series held in memory.
 
@@ -285,6 +324,9 @@ def denoise(
     spatial : float, optional
         Decode each voxel's latent mean averaged over its neighbourhood with this strength
         (:func:`spatial_codes`) instead of its own.
+    context : bool
+        Use the model's learned context network (:func:`learned_context_codes`), if it has one;
+        False denoises voxel by voxel.
 
     Returns
     -------
@@ -294,6 +336,8 @@ def denoise(
     if data.ndim != 4 or data.shape[-1] != acq.n_volumes:
         raise InputError(f"data of shape {data.shape} does not hold {acq.n_volumes} volumes on a 4th axis")
     check_protocol(model, acq)
+    if context:
+        check_context(model, spatial=spatial)
     if bias_correct:
         check_bias_correction(model)
     check_noise_model(sigma, coils)
@@ -307,6 +351,8 @@ def denoise(
     if spatial is not None:
         codes = spatial_codes([(0, data.shape[2], data)], inside, acq, model, sigma=sigma, strength=spatial,
                               coils=coils)[0][inside]
+    elif context and model.context is not None:
+        codes = learned_context_codes([(0, data.shape[2], data)], inside, acq, model)[inside]
     out[inside], _, _ = denoise_signals(data[inside], acq, model, denoise_b0=denoise_b0, batch_size=batch_size,
                                         bias_sigma=sigma if bias_correct else None, coils=coils, codes=codes)
     return out
@@ -345,6 +391,7 @@ def denoise_file(
     sigma: float | None = None,
     coils: int = 1,
     spatial: float | None = None,
+    context: bool = True,
 ) -> tuple[dict[str, Path], DenoiseStats]:
     """Denoise a NIfTI file slab by slab and write the denoised series and its residual.
 
@@ -375,6 +422,9 @@ def denoise_file(
     spatial : float, optional
         Decode latent means averaged over each voxel's neighbourhood with this strength
         (:func:`spatial_codes`; one more pass over the file to encode it first).
+    context : bool
+        Use the model's learned context network, if it has one (one more pass over the file to
+        encode it first); False denoises voxel by voxel.
 
     Notes
     -----
@@ -398,6 +448,9 @@ def denoise_file(
         raise InputError(f"{Path(dwi).name} has {img.shape[3]} volumes but the gradient files have "
                          f"{acq.n_volumes}: give the .bval/.bvec of this image")
     check_protocol(model, acq)
+    context = context and model.context is not None
+    if context:
+        check_context(model, spatial=spatial)
     paths = {"denoised": Path(out), "residual": io.output_paths(out, "_residual")}
     if uncertainty:
         paths["uncertainty"] = io.output_paths(out, "_uncertainty")
@@ -423,6 +476,8 @@ def denoise_file(
     if spatial is not None:
         codes, h = spatial_codes(io.iter_slabs(img, slab=slab), inside, acq, model, sigma=sigma, strength=spatial,
                                  coils=coils)
+    elif context:
+        codes = learned_context_codes(io.iter_slabs(img, slab=slab), inside, acq, model)
     generator = torch.Generator().manual_seed(seed)
     stats = DenoiseStats(outside_mask=int((~inside).sum()),
                          engine="torch" if compiled_forward(model.network) is None else "compiled")
@@ -455,7 +510,8 @@ def denoise_file(
     stats.seconds = time.perf_counter() - started
     extra = dict(provenance or {})
     sidecar = {
-        "Description": "Denoised with a voxel-wise autoencoder trained on simulated q-space signals",
+        "Description": ("Denoised with an autoencoder trained on simulated q-space signals"
+                        + (" and a learned network over each voxel's neighbourhood" if context else ", voxel by voxel")),
         "GeneratedBy": [{"Name": "dwivae", "Version": __version__}],
         "Sources": [str(Path(dwi).resolve())],
         "Model": {"arch": model.model_config.arch, "latent": model.model_config.latent,
@@ -466,6 +522,7 @@ def denoise_file(
         "PosteriorSamples": uncertainty,
         "Spatial": ({"Strength": spatial, "LatentScale": h, "Radius": 1, "NoiseSigma": sigma,
                      "SigmaFrom": sigma_from} if spatial is not None else None),
+        "Context": ({"Radius": model.context.config.radius, "Learned": True} if context else None),
         "BiasCorrection": ({"NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils} if bias_correct
                            else None),
         "VoxelsDenoised": stats.denoised,

@@ -84,6 +84,9 @@ def _fmt(value) -> str:
 def _options(sidecar: Mapping) -> str:
     """What a denoising run did besides the network, from its sidecar: neighbourhood, noise floor, b0."""
     parts = []
+    if sidecar.get("Context"):
+        size = 2 * sidecar["Context"]["Radius"] + 1
+        parts.append(f"learned context ({size}x{size}x{size})")
     if sidecar.get("Spatial"):
         sp = sidecar["Spatial"]
         parts.append(f"spatial {_fmt(sp['Strength'])} (h {_fmt(sp['LatentScale'])}, sigma {_fmt(sp['NoiseSigma'])})")

@@ -18,7 +18,7 @@ from dwivae.compiled_step import CompiledStep
 from dwivae.fused import FusedStep, UnsupportedNetwork
 from dwivae.kernel import compiled_forward
 from dwivae.losses import beta_schedule, kl_divergence, reconstruction_loss
-from dwivae.models import Autoencoder, ModelConfig, build_model
+from dwivae.models import Autoencoder, ContextNet, ModelConfig, build_model
 from dwivae.simulate import NOISE_KINDS, add_gaussian_noise, add_noncentral_chi_noise
 
 
@@ -163,6 +163,8 @@ class TrainedModel:
     acquisition: Acquisition
     history: list[dict]
     summary: dict
+    context: ContextNet | None = None
+    """A learned neighbourhood network on the latent codes (:mod:`dwivae.context`), if trained."""
 
 
 class AutogradStep:
@@ -228,7 +230,7 @@ def _monitor_pairs(split: SimulatedSplit, config: TrainConfig, seed: int) -> tup
     return noisy, repeated
 
 
-def _batch_sigmas(config: TrainConfig, levels: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
+def batch_sigmas(config: TrainConfig, levels: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
     """Noise standard deviation (S0 = 1) of each sample of a batch, shape (batch, 1)."""
     if config.snr_range is None:
         return levels[torch.randint(len(levels), (batch,), generator=generator)][:, None]
@@ -236,7 +238,7 @@ def _batch_sigmas(config: TrainConfig, levels: torch.Tensor, batch: int, generat
     return torch.exp(-(low + (high - low) * torch.rand((batch, 1), generator=generator)))
 
 
-def _noisy_batch(clean: torch.Tensor, sigma: torch.Tensor, config: TrainConfig,
+def noisy_batch(clean: torch.Tensor, sigma: torch.Tensor, config: TrainConfig,
                  generator: torch.Generator) -> torch.Tensor:
     """Noisy copies of a batch of clean signals with the configured noise model."""
     if config.noise == "gaussian":
@@ -364,7 +366,7 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
                 else:
                     y = torch.index_select(clean, 0, torch.randint(len(clean), (batch,), generator=generator),
                                            out=y_buffer)
-                x = _noisy_batch(y, _batch_sigmas(config, sigmas, batch, generator), config, generator)
+                x = noisy_batch(y, batch_sigmas(config, sigmas, batch, generator), config, generator)
             eps = torch.randn((batch, latent), generator=generator) if arch == "vae" else None
             rec, kl = step(x, y, eps, kl_weight)
             rec_sum += rec
