@@ -8,8 +8,8 @@ prints the mean FA and MD (DIPY WLS) in the mask before and after.
 
 Runs on MRtrix3's multi-shell in-vivo crop (`../shared/data/mrtrix_msmt_dwi`, 15 x 15 x 11 x
 102, 6 b0): DIPY MP-PCA, MRtrix3 dwidenoise (when installed), the default VAE for the protocol,
-a data-matched VAE (`--atoms mixed --fresh-atoms --noise rician --snr-from` the same series) and
-that VAE with `--spatial`.
+a data-matched VAE (`--atoms mixed --fresh-atoms --noise rician --snr-from` the same series),
+that VAE with `--spatial`, and with a learned context network (`train --context`).
 
 Usage: ``python benchmarks/real_residuals.py [--out benchmarks/results/real_residuals.json]``
 """
@@ -27,6 +27,7 @@ from dwivae.acquisition import load_acquisition
 from dwivae.baselines import run_method
 from dwivae.benchmark import dti_fit
 from dwivae.checkpoint import load_or_train
+from dwivae.context import train_context
 from dwivae.denoise import denoise
 from dwivae.noise import estimate_sigma, snr_range
 from dwivae.training import PRESETS, train
@@ -57,6 +58,7 @@ def main() -> None:
     outputs["vae (default)"] = denoise(data, acq, load_or_train(acq, arch="vae", seed=0)[0], mask=mask)
     outputs["vae matched"] = denoise(data, acq, matched, mask=mask)
     outputs["vae matched + spatial"] = denoise(data, acq, matched, mask=mask, spatial=2.0)
+    outputs["vae matched + context"] = denoise(data, acq, train_context(matched), mask=mask)
     dw = ~acq.b0_mask
     results = {"sample": SAMPLE.name, "voxels": int(mask.sum()), "sigma_b0": sigma, "methods": {}}
     print(f"{SAMPLE.name}: {int(mask.sum())} voxels, sigma {sigma:.2f} (b0 spread), training SNR {snr[0]:.3g}-{snr[1]:.3g}")

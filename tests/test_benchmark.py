@@ -82,3 +82,22 @@ def test_bias_corrected_and_spatial_rows(phantom_dir, tmp_path):
     assert abs(rows["svd+bc"]["signal_bias_dw"]) < 0.3 * rows["svd"]["signal_bias_dw"]
     assert abs(rows["svd+bc"]["md_bias"]["CSF"]) < 0.5 * abs(rows["svd"]["md_bias"]["CSF"])
     assert rows["svd+bc"]["seconds"] >= rows["svd"]["seconds"]
+
+
+def test_a_context_model_is_also_scored_voxel_by_voxel(phantom_dir):
+    from dwivae.benchmark import run_benchmark
+    from dwivae.context import train_context
+    from dwivae.denoise import denoise
+    from dwivae.models import ContextConfig
+    ph = load_phantom(phantom_dir)
+    model = train_context(training.train(ph["acq"], arch="vae", seed=0, config=TINY_TRAINING),
+                          config=ContextConfig(steps=10, batch_size=64))
+    results = run_benchmark([phantom_dir], methods=[], variants={"ctx": model}, log=lambda _: None, spatial=2.0)
+    rows = results["phantoms"]["seed32_snr20"]["methods"]
+    assert list(rows) == ["noisy", "ctx", "ctx-voxelwise", "ctx+spatial"]
+    assert "learned context" in rows["ctx"]["note"] and "not used" in rows["ctx-voxelwise"]["note"]
+    mask = ph["labels"] > 0
+    voxelwise = score(denoise(ph["noisy"], ph["acq"], model, mask=mask, context=False), ph["clean"], ph["labels"],
+                      dti_fit(ph["clean"], ph["acq"], mask), ph["acq"])
+    assert rows["ctx-voxelwise"]["signal_rmse"] == pytest.approx(voxelwise["signal_rmse"])
+    assert rows["ctx"]["signal_rmse"] != pytest.approx(voxelwise["signal_rmse"])

@@ -44,8 +44,10 @@ def test_train_from_gradient_files_with_overrides(tmp_path, acq):
     bval, bvec = write_gradients(tmp_path, acq.bvals, acq.bvecs)
     out = tmp_path / "m"
     assert main(["train", "--bvals", str(bval), "--bvecs", str(bvec), "--epochs", "2", "--loss", "mse",
-                 "--beta-max", "0", "--latent", "10", "--quiet", "--out", str(out)]) == 0
+                 "--beta-max", "0", "--latent", "10", "--normalise", "b0", "--noise", "rician",
+                 "--snr-range", "10", "40", "--quiet", "--out", str(out)]) == 0
     model = load_model(out)
+    assert model.train_config.normalise == "b0"
     assert model.train_config.loss == "mse" and model.train_config.beta_max == 0
     assert model.model_config.latent == 10 and len(model.history) == 2
     assert all(r["beta"] == 0 for r in model.history)
@@ -56,6 +58,7 @@ def test_train_from_gradient_files_with_overrides(tmp_path, acq):
     (["train", "--protocol", "seed32", "--loss", "hinge", "--out", "x"], "invalid choice: 'hinge'"),
     (["train", "--protocol", "nope", "--out", "x"], "unknown protocol 'nope'"),
     (["train", "--out", "x"], "no protocol"),
+    (["train", "--protocol", "seed32", "--normalise", "b0", "--out", "x"], "needs an SNR range"),
     (["train", "--bvals", "missing.bval", "--bvecs", "missing.bvec", "--out", "x"], "does not exist"),
     (["evaluate", "missing_model", "--out", "x"], "does not exist"),
 ])

@@ -137,3 +137,30 @@ def test_a_128_volume_three_shell_protocol_trains_and_denoises(tiny_config):
     out = denoise(phantom.noisy, acq, model, mask=phantom.labels > 0)
     assert out.shape == phantom.noisy.shape and np.isfinite(out).all()
     assert not np.array_equal(out[phantom.labels > 0], phantom.noisy[phantom.labels > 0])
+
+
+def test_normalising_by_the_noisy_b0_mean(acq, tiny_config):
+    from dwivae.simulate import add_noncentral_chi_noise, random_tensors, tensor_signals
+    from dwivae.training import model_output, normalise_by_noisy_b0
+    with pytest.raises(InputError, match="unknown normalisation"):
+        TrainConfig(normalise="max")
+    with pytest.raises(InputError, match="needs an SNR range"):
+        TrainConfig(normalise="b0", samples_per_epoch=1000)  # the study's noise levels
+    b0 = torch.from_numpy(acq.b0_mask)
+    clean = torch.from_numpy(tensor_signals(random_tensors(50, rng=np.random.default_rng(0)), acq))
+    noisy = clean * torch.linspace(0.8, 1.2, 50)[:, None]
+    x, y = normalise_by_noisy_b0(noisy, clean, b0)
+    torch.testing.assert_close(x[:, b0].mean(dim=1), torch.ones(50))
+    torch.testing.assert_close(y, (clean / noisy[:, b0].mean(1, keepdim=True)).clamp(max=1.0))
+    assert y.max() == 1.0  # capped: the sigmoid cannot go above
+    config = replace(tiny_config, noise="rician", snr_range=(10.0, 40.0), normalise="b0")
+    model = train(acq, arch="vae", seed=0, config=config)
+    assert np.isfinite(model.summary["test_mse"])
+    signals = add_noncentral_chi_noise(tensor_signals(random_tensors(200, rng=np.random.default_rng(1)), acq), 0.05,
+                                       rng=np.random.default_rng(2))
+    out = model_output(model, signals)
+    m = signals[:, acq.b0_mask].mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(out, reconstruct(model.network, signals / m) * m, rtol=1e-6)
+    np.testing.assert_allclose(model_output(model, 3.0 * signals), 3.0 * out, rtol=1e-4, atol=1e-6)  # no S0 needed
+    s0_model = train(acq, arch="vae", seed=0, config=replace(config, normalise="s0"))
+    assert not np.allclose(model_output(s0_model, 3.0 * signals), 3.0 * model_output(s0_model, signals), rtol=1e-2)

@@ -128,7 +128,9 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
     spatial : float, optional
         Also score each network (vae, dae, variants) with its latent means averaged over the
         neighbourhood at this strength (:func:`dwivae.denoise.spatial_codes`), as ``<method>+spatial``
-        (the voxel-wise codes, also for a network with a learned context).
+        (the voxel-wise codes, also for a network with a learned context). A network with a
+        learned context network (``train --context``) is also scored without it, as
+        ``<method>-voxelwise``.
 
     Returns
     -------
@@ -163,6 +165,13 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
                 continue
             outputs = [(method, result.denoised, row)]
             info = phantom["info"]
+            if model is not None and model.context is not None:
+                from dwivae.denoise import denoise
+                started = time.perf_counter()
+                voxelwise = denoise(phantom["noisy"], acq, model, mask=mask, context=False)
+                outputs.append((f"{method}-voxelwise", voxelwise,
+                                {"status": "ok", "note": f"{result.note} not used",
+                                 "seconds": time.perf_counter() - started}))
             if spatial is not None and model is not None:
                 from dwivae.denoise import denoise
                 started = time.perf_counter()  # sigma measured on the data, as `denoise --spatial` does

@@ -102,7 +102,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                                    "atoms": args.atoms, "noise": args.noise, "coils": args.coils,
                                    "snr_range": args.snr_range,
                                    "fresh_atoms": args.fresh_atoms or None,
-                                   "free_water": args.free_water}.items() if v is not None}
+                                   "free_water": args.free_water, "normalise": args.normalise}.items()
+                 if v is not None}
     if args.snr_from is not None:
         if args.snr_range is not None:
             raise InputError("give --snr-range or --snr-from, not both")
@@ -138,7 +139,8 @@ def _train_context(model, *, steps: int, quiet: bool) -> None:
         train_context(model, config=config, callback=show)
     c = model.summary["context"]
     print(f"trained a {config.size}-voxel context network: centre-voxel test MSE {c['test_mse']:.4g} "
-          f"(voxel-wise {c['test_mse_voxelwise']:.4g}), {c['seconds']:.1f} s")
+          f"(voxel-wise {c['test_mse_voxelwise']:.4g}), log-signal MSE {c['test_log_mse']:.4g} "
+          f"(voxel-wise {c['test_log_mse_voxelwise']:.4g}), {c['seconds']:.1f} s")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -351,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--free-water", type=float, metavar="FRACTION",
                    help="make this fraction of the random tensors isotropic, up to free water (3.5e-3 mm²/s); "
                         "random or mixed atoms")
+    p.add_argument("--normalise", choices=("s0", "b0"),
+                   help="divide each training sample by the true S0 (s0, the study's default) or, as denoising "
+                        "real data does, by the mean of its own noisy b0 volumes (b0)")
     p.add_argument("--context", action="store_true",
                    help="then train a network that combines the latent codes of each voxel's 3x3x3 "
                         "neighbourhood, on simulated neighbourhoods with tissue boundaries; "

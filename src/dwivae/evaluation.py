@@ -12,7 +12,7 @@ from dwivae.dataset import simulate_split, held_out_pairs
 from dwivae.errors import InputError
 from dwivae.metrics import per_group, summary
 from dwivae.tensorfit import fit_tensor
-from dwivae.training import TrainedModel, reconstruct
+from dwivae.training import TrainedModel, model_output
 
 METRIC_KEYS = ("signal_mse", "signal_mae", "D_mse", "D_mae", "fa_mae", "md_mae")
 
@@ -71,7 +71,7 @@ def evaluate(models: dict[str, TrainedModel]) -> dict[str, dict]:
                  bvals=acq.bvals, bvecs=acq.bvecs)
     results = {"noisy": _scores(noisy, **score)}
     for name, model in models.items():
-        results[name] = _scores(reconstruct(model.network, noisy), **score)
+        results[name] = _scores(model_output(model, noisy), **score)
     return results
 
 

@@ -25,7 +25,7 @@ from dwivae.errors import InputError
 from dwivae.latent import latent_influence, latent_statistics, latent_traversal
 from dwivae.simulate import STUDY_NOISE_LEVELS, add_gaussian_noise, random_tensors, tensor_signals
 from dwivae.tensorfit import fa, fit_tensor, md
-from dwivae.training import TrainedModel, reconstruct
+from dwivae.training import TrainedModel, model_output
 
 FORMATS = ("png", "svg")
 TRAVERSAL_STEPS = np.linspace(-2.0, 2.0, 5)
@@ -104,7 +104,7 @@ def model_figures(models: Mapping[str, TrainedModel], out_dir: str | PathLike[st
                     "Reconstruction (Huber), KL and total loss per epoch, and the MSE on held-out "
                     "simulated signals every few epochs (the study's Figure 3).")]
     clean, noisy, labels = _simulated_examples(acq, sigma=sigma, seed=seed)
-    recon = {k: reconstruct(m.network, noisy) for k, m in models.items()}
+    recon = {k: model_output(m, noisy) for k, m in models.items()}
     drawn.append(Figure(figures.reconstruction_examples(clean, noisy, recon, out_dir / f"reconstructions.{fmt}",
                                                         sigma=sigma, labels=labels),
                         "Simulated reconstructions",

@@ -18,6 +18,7 @@ from torch import nn
 from dwivae.errors import InputError
 
 ARCHITECTURES = ("vae", "dae")
+CONTEXT_LOSSES = ("log", "signal")
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU}
 
 
@@ -131,6 +132,10 @@ class ContextConfig:
         Width of the hidden layers of its two small networks.
     steps, batch_size, lr : int, int, float
         Adam steps, neighbourhoods per step and learning rate of its training.
+    loss : {"log", "signal"}
+        Its training loss on the centre voxel: the mean squared difference of log signals
+        (``log(S + 0.01)``; errors weighted as the tensor fit weighs them, so that dark voxels such
+        as CSF at high b count), or the autoencoder's reconstruction loss on the signals.
     """
 
     latent: int = 7
@@ -139,8 +144,11 @@ class ContextConfig:
     steps: int = 3000
     batch_size: int = 1024
     lr: float = 2e-3
+    loss: str = "log"
 
     def __post_init__(self) -> None:
+        if self.loss not in CONTEXT_LOSSES:
+            raise InputError(f"unknown context loss {self.loss!r}: choose one of {', '.join(CONTEXT_LOSSES)}")
         if self.radius < 1 or self.width < 1 or self.latent < 1:
             raise InputError(f"context radius ({self.radius}), width ({self.width}) and latent size "
                              f"({self.latent}) must be >= 1")

@@ -23,6 +23,9 @@ from dwivae.simulate import NOISE_KINDS, add_gaussian_noise, add_noncentral_chi_
 
 
 LR_SCHEDULES = ("constant", "cosine")
+NORMALISATIONS = ("s0", "b0")
+MIN_B0_MEAN = 1e-3
+"""Floor of a noisy sample's b0 mean (S0 = 1) when training samples are normalised by it."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,12 @@ class TrainConfig:
     free_water : float
         Fraction of the random tensors that are isotropic, ``d I`` with d up to 3.5e-3 mm²/s
         (free water, which the random tensors otherwise all but miss); random or mixed atoms only.
+    normalise : {"s0", "b0"}
+        What a training sample is divided by: the true S0 (1; the study), or, as denoising real
+        data must, the mean of its own noisy b0 volumes m, with the clean target divided by the
+        same m (capped at 1, the sigmoid's range). With "s0" the network never learns that the b0
+        noise of real data scales the diffusion-weighted values it sees; with "b0" it does, and
+        ``m`` times its output estimates the clean signal (needs ``snr_range``).
     """
 
     epochs: int = 40
@@ -98,6 +107,7 @@ class TrainConfig:
     snr_range: tuple[float, float] | None = None
     fresh_atoms: bool = False
     free_water: float = 0.0
+    normalise: str = "s0"
 
     def __post_init__(self) -> None:
         reconstruction_loss(self.loss)
@@ -119,6 +129,11 @@ class TrainConfig:
         if (self.noise != "gaussian" or self.snr_range is not None or self.fresh_atoms) and self.samples_per_epoch is None:
             raise InputError("Rician/nc-chi noise, an SNR range and fresh atoms need fresh samples each epoch "
                              "(samples_per_epoch; the default preset), not the study's fixed data set")
+        if self.normalise not in NORMALISATIONS:
+            raise InputError(f"unknown normalisation {self.normalise!r}: choose one of {', '.join(NORMALISATIONS)}")
+        if self.normalise == "b0" and self.snr_range is None:
+            raise InputError("normalising by the noisy b0 needs an SNR range (--snr-range or --snr-from): at the "
+                             "study's noise levels (sigma up to 0.91 S0) the b0 mean can be near 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be >= 1")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -212,6 +227,27 @@ def reconstruct(network: Autoencoder, signals: np.ndarray | torch.Tensor, *,
     for start in range(0, len(x), batch_size):
         out[start:start + batch_size] = network(x[start:start + batch_size])[0]
     return out.numpy()
+
+
+def normalise_by_noisy_b0(noisy: torch.Tensor, clean: torch.Tensor,
+                          b0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training pairs divided by each noisy sample's b0 mean m (floored at ``MIN_B0_MEAN``), the
+    clean target capped at 1."""
+    m = noisy[:, b0].mean(dim=1, keepdim=True).clamp_(min=MIN_B0_MEAN)
+    return noisy / m, (clean / m).clamp_(max=1.0)
+
+
+def model_output(model: TrainedModel, noisy: np.ndarray) -> np.ndarray:
+    """A model's estimate of the clean signals (S0 = 1) of noisy simulated signals (M, N), with
+    its inputs normalised as in its training (:attr:`TrainConfig.normalise`)."""
+    return _estimate(model.network, noisy, model.train_config, model.acquisition.b0_mask)
+
+
+def _estimate(network: Autoencoder, noisy: np.ndarray, config: TrainConfig, b0: np.ndarray) -> np.ndarray:
+    if config.normalise == "s0":
+        return reconstruct(network, noisy)
+    m = np.maximum(np.asarray(noisy, np.float32)[:, b0].mean(axis=1, keepdims=True), MIN_B0_MEAN)
+    return reconstruct(network, noisy / m) * m
 
 
 def _monitor_pairs(split: SimulatedSplit, config: TrainConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -341,6 +377,7 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
     steps = epoch_size // batch
     step = make_step(network, lr=config.lr, loss=config.loss)
     x_buffer, y_buffer = torch.empty(batch, acq.n_volumes), torch.empty(batch, acq.n_volumes)
+    b0 = torch.from_numpy(acq.b0_mask) if config.normalise == "b0" else None
     history: list[dict] = []
     train_seconds = 0.0
     for epoch in range(1, config.epochs + 1):
@@ -367,6 +404,8 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
                     y = torch.index_select(clean, 0, torch.randint(len(clean), (batch,), generator=generator),
                                            out=y_buffer)
                 x = noisy_batch(y, batch_sigmas(config, sigmas, batch, generator), config, generator)
+                if b0 is not None:
+                    x, y = normalise_by_noisy_b0(x, y, b0)
             eps = torch.randn((batch, latent), generator=generator) if arch == "vae" else None
             rec, kl = step(x, y, eps, kl_weight)
             rec_sum += rec
@@ -379,7 +418,8 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
             raise FloatingPointError(f"the training loss became {record['total']} at epoch {epoch}: "
                                      "lower the learning rate (--lr) or check the protocol")
         if epoch % config.test_every == 0 or epoch == config.epochs:
-            record["test_mse"] = float(np.mean((reconstruct(network, test_noisy) - test_clean) ** 2))
+            estimate = _estimate(network, test_noisy, config, acq.b0_mask)
+            record["test_mse"] = float(np.mean((estimate - test_clean) ** 2))
         history.append(record)
         if callback is not None:
             callback(record)
