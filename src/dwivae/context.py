@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,7 +179,7 @@ def encode_neighbourhoods(model: TrainedModel, noisy: np.ndarray, valid: np.ndar
 
 
 def train_context(model: TrainedModel, *, config: ContextConfig | None = None, seed: int | None = None,
-                  callback=None) -> TrainedModel:
+                  callback: Callable[[int, float], None] | None = None) -> TrainedModel:
     """Train a :class:`ContextNet` for a trained autoencoder, whose weights stay fixed.
 
     Parameters
