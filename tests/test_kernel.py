@@ -89,3 +89,17 @@ def test_kernel_is_built_into_the_cache(tmp_path, monkeypatch):
         assert not [p for p in built[0].parent.iterdir() if p != built[0]]  # no leftovers
     finally:
         kernel._library.cache_clear()
+
+
+def test_linear_layers_without_activation_between_are_folded_where_it_saves_weights():
+    rng = np.random.default_rng(0)
+    layers = [(rng.normal(size=(7, 13)), rng.normal(size=7), 0), (rng.normal(size=(13, 7)), rng.normal(size=13), 1),
+              (rng.normal(size=(2, 13)), rng.normal(size=2), 0), (rng.normal(size=(40, 2)), rng.normal(size=40), 2)]
+    merged = kernel.merge_linear(layers)
+    # mu -> decoder (13 -> 7 -> 13) folds into 13 -> 13; 13 -> 2 -> 40 would grow from 106 to 520 weights
+    assert [w.shape for w, _, _ in merged] == [(13, 13), (2, 13), (40, 2)]
+    assert [code for _, _, code in merged] == [1, 0, 2]
+    x = rng.normal(size=13)
+    w1, b1, _ = layers[0]
+    w2, b2, _ = layers[1]
+    np.testing.assert_allclose(merged[0][0] @ x + merged[0][1], w2 @ (w1 @ x + b1) + b2)
