@@ -16,15 +16,17 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 
-from dwivae.acquisition import Acquisition
-from dwivae.dataset import normalise_by_b0
+from dwivae.acquisition import Acquisition, normalise_by_b0
 from dwivae.errors import InputError
 from dwivae.simulate import random_tensors, tensor_signals
-from dwivae.training import TrainedModel
+
+if TYPE_CHECKING:
+    from dwivae.training import TrainedModel
 
 METHODS = ("noisy", "vae", "dae", "mppca", "dwidenoise", "patch2self", "svd")
 SVD_TOLERANCE = 0.005

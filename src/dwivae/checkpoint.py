@@ -1,7 +1,8 @@
 """Model directories: ``model.safetensors`` (weights) and ``model.json`` (everything else).
 
 Loading rebuilds the network from the JSON alone and reads the weights with safetensors, so a
-downloaded model never runs code (no pickle).
+downloaded model never runs code (no pickle). :func:`load_model` builds the torch modules;
+:func:`load_frozen` reads the arrays with numpy for the compiled forward pass, without torch.
 """
 from __future__ import annotations
 
@@ -13,15 +14,19 @@ import tempfile
 from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from dwivae._version import __version__
 from dwivae.acquisition import Acquisition, from_json
+from dwivae.config import ContextConfig, ModelConfig, TrainConfig
 from dwivae.errors import InputError
-from dwivae.models import ContextConfig, ContextNet, ModelConfig, build_model
-from dwivae.training import TrainConfig, TrainedModel, train
+from dwivae.frozen import FrozenModel
+
+if TYPE_CHECKING:
+    from dwivae.training import TrainedModel
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -54,6 +59,8 @@ def save_model(model: TrainedModel, out: str | PathLike[str], *, force: bool = F
     Path
         The model directory.
     """
+    from safetensors.torch import save_file
+
     out = Path(out)
     if out.exists() and not force:
         raise InputError(f"{out} exists; pass --force to overwrite it")
@@ -88,15 +95,15 @@ def save_model(model: TrainedModel, out: str | PathLike[str], *, force: bool = F
     return out
 
 
-def load_model(path: str | PathLike[str]) -> TrainedModel:
-    """Load a model directory written by :func:`save_model`.
+def read_metadata(path: Path) -> dict:
+    """``model.json`` of a model directory, checked: the directory and both files exist, the JSON
+    parses and its format version is this dwivae's.
 
     Raises
     ------
     InputError
         If the directory or a file is missing, unreadable, or of another format version.
     """
-    path = Path(path)
     if not path.is_dir():
         raise InputError(f"model directory {path} does not exist: train one with `dwivae train --out {path}`")
     for name in (WEIGHTS, METADATA):
@@ -110,6 +117,28 @@ def load_model(path: str | PathLike[str]) -> TrainedModel:
     if version != FORMAT_VERSION:
         raise InputError(f"{path} has model format version {version!r} but this dwivae reads version "
                          f"{FORMAT_VERSION}: retrain it with this version")
+    return meta
+
+
+def _corrupt(path: Path, err: Exception) -> InputError:
+    return InputError(f"{path} is corrupt ({type(err).__name__}: {err}): retrain or re-download the model")
+
+
+def load_model(path: str | PathLike[str]) -> TrainedModel:
+    """Load a model directory written by :func:`save_model`.
+
+    Raises
+    ------
+    InputError
+        If the directory or a file is missing, unreadable, or of another format version.
+    """
+    from safetensors.torch import load_file
+
+    from dwivae.models import ContextNet, build_model
+    from dwivae.training import TrainedModel
+
+    path = Path(path)
+    meta = read_metadata(path)
     try:
         model_config = ModelConfig(**meta["model_config"])
         train_config = TrainConfig(**meta["train_config"])
@@ -124,10 +153,31 @@ def load_model(path: str | PathLike[str]) -> TrainedModel:
                                     strict=True)
             context.eval()
     except (KeyError, TypeError, RuntimeError, SafetensorError, OSError) as err:
-        raise InputError(f"{path} is corrupt ({type(err).__name__}: {err}): retrain or re-download the model") from None
+        raise _corrupt(path, err) from None
     network.eval()
     return TrainedModel(network, model_config, train_config, acquisition,
                         meta.get("history", []), meta.get("summary", {}), context)
+
+
+def load_frozen(path: str | PathLike[str]) -> FrozenModel | None:
+    """Load a model directory for the compiled forward pass only, without importing torch.
+
+    Returns None where the compiled kernel cannot run the model (no C compiler,
+    ``DWIVAE_KERNEL=torch``, a layer wider than the kernel takes): use :func:`load_model` then.
+    Raises InputError as :func:`load_model` does, for a missing, corrupt or incomplete model.
+    """
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        model = FrozenModel(ModelConfig(**meta["model_config"]), TrainConfig(**meta["train_config"]),
+                            from_json(meta["acquisition"]), load_file(str(path / WEIGHTS)),
+                            ContextConfig(**meta["context_config"]) if "context_config" in meta else None)
+        compiled = model.compiled()
+    except (KeyError, TypeError, ValueError, SafetensorError, OSError) as err:
+        raise _corrupt(path, err) from None
+    return model if compiled is not None else None
 
 
 def cache_dir() -> Path:
@@ -166,17 +216,25 @@ def load_or_train(
     path = cached_model_path(acq, arch=arch, latent=latent, seed=seed)
     if (path / METADATA).is_file():
         return load_model(path), path
+    from dwivae.training import train
+
     model = train(acq, arch=arch, latent=latent, seed=seed, config=config, callback=callback)
     save_model(model, path, force=True)
     return model, path
 
 
-def model_fingerprint(model: TrainedModel) -> str:
-    """A 16-hex-digit hash of the weights and configuration, for provenance records."""
+def model_fingerprint(model: TrainedModel | FrozenModel) -> str:
+    """A 16-hex-digit hash of the configuration and the weights (in name order), for provenance
+    records; a model gives the same one whether loaded with :func:`load_model` or :func:`load_frozen`."""
+    if isinstance(model, FrozenModel):
+        context_config, arrays = model.context_config, model.weights
+    else:
+        context_config = model.context.config if model.context is not None else None
+        arrays = {name: tensor.detach().numpy() for name, tensor in model_state(model).items()}
     digest = hashlib.sha256(json.dumps([model.model_config.to_json(), model.train_config.to_json()]).encode())
-    if model.context is not None:
-        digest.update(json.dumps(model.context.config.to_json()).encode())
-    for name, tensor in model_state(model).items():
+    if context_config is not None:
+        digest.update(json.dumps(context_config.to_json()).encode())
+    for name in sorted(arrays):
         digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().numpy().tobytes())
+        digest.update(np.ascontiguousarray(arrays[name], dtype=np.float32).tobytes())
     return digest.hexdigest()[:16]

@@ -160,12 +160,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_denoise(args: argparse.Namespace) -> None:
-    import torch
-
     from dwivae import io
     from dwivae.acquisition import load_acquisition
-    from dwivae.checkpoint import cached_model_path, load_model, load_or_train
+    from dwivae.checkpoint import cached_model_path, load_or_train
     from dwivae.denoise import check_protocol, denoise_file
+    from dwivae.frozen import FrozenModel
 
     if bool(args.bvals) != bool(args.bvecs):
         raise InputError("give both --bvals and --bvecs, or neither to use the BIDS files next to the image")
@@ -175,8 +174,7 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     bvals, bvecs = (args.bvals, args.bvecs) if args.bvals else io.find_gradient_files(args.dwi)
     acq = load_acquisition(bvals, bvecs)
     io.check_output(args.out, like_img=io.load_dwi(args.dwi), force=args.force)
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model) if args.model else None
+    model = _denoising_model(args) if args.model else None
     model_path = args.model
     if model is None or (args.train and model.acquisition.mismatch(acq) is not None):
         if not args.train:
@@ -185,12 +183,16 @@ def cmd_denoise(args: argparse.Namespace) -> None:
         print(f"using the cached {args.arch} for {acq.describe()} in {cached}" if cached.exists() else
               f"training a {args.arch} for {acq.describe()} (cached in {cached})", file=sys.stderr)
         model, model_path = load_or_train(acq, arch=args.arch, seed=args.seed)
+    if not isinstance(model, FrozenModel):
+        import torch
+
+        torch.set_num_threads(args.threads)
     check_protocol(model, acq, model_name=str(model_path))
     mask = None if args.mask == "none" else args.mask
     paths, stats = denoise_file(args.dwi, acq, model, args.out, mask=mask, denoise_b0=args.denoise_b0,
                                 uncertainty=args.uncertainty, seed=args.seed, force=args.force,
                                 bias_correct=args.bias_correct, sigma=args.sigma, coils=args.coils,
-                                spatial=args.spatial, context=args.context,
+                                spatial=args.spatial, context=args.context, threads=args.threads,
                                 progress=not args.quiet,
                                 provenance={"Command": shlex.join(["dwivae", *args.argv]),
                                             "Model": {"path": str(Path(model_path).resolve())},
@@ -198,6 +200,16 @@ def cmd_denoise(args: argparse.Namespace) -> None:
                                                               "bvec": str(Path(bvecs).resolve())}})
     print(stats.line())
     print("-> " + ", ".join(str(p) for p in paths.values()))
+
+
+def _denoising_model(args: argparse.Namespace):
+    """``--model`` for `dwivae denoise`: read for the compiled forward pass alone (no torch import,
+    ~2 s) where that is all the options need, else with its torch modules."""
+    from dwivae.checkpoint import load_frozen, load_model, read_metadata
+
+    needs_torch = (args.uncertainty or args.spatial is not None
+                   or (args.context and "context_config" in read_metadata(Path(args.model))))
+    return (None if needs_torch else load_frozen(args.model)) or load_model(args.model)
 
 
 def _named_models(paths: Sequence[Path]) -> dict[str, Path]:
@@ -400,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uncertainty", type=int, default=0, metavar="K",
                    help="write _uncertainty: the standard deviation over K posterior samples (VAE only)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: the network is small, and a second thread stalls "
-                        "whenever the other core is busy)")
+                   help="threads of the forward pass (default 1: the network is small, and a second thread "
+                        "stalls whenever the other core is busy)")
     p.add_argument("--seed", type=int, default=0, help="seed for --train and --uncertainty")
     p.set_defaults(run=cmd_denoise)
 

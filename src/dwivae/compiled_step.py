@@ -20,7 +20,7 @@ from dwivae.fused import FusedStep, UnsupportedNetwork
 from dwivae.kernel import ACTIVATION_CODES, MAX_WIDTH, library
 from dwivae.models import Autoencoder
 
-ACTIVATIONS = {name: ACTIVATION_CODES[module] for name, module in
+ACTIVATIONS = {name: ACTIVATION_CODES[module.__name__] for name, module in
                (("elu", nn.ELU), ("relu", nn.ReLU), ("leaky_relu", nn.LeakyReLU))}
 """FusedStep's activation names to the kernel's codes (simd.h)."""
 LOSSES = {"huber": 0, "mse": 1, "l1": 2}

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dwivae.acquisition import Acquisition
-from dwivae.dataset import normalise_by_b0, seed_streams, torch_generator
+from dwivae.acquisition import Acquisition, normalise_by_b0
+from dwivae.dataset import seed_streams, torch_generator
 from dwivae.errors import InputError
 from dwivae.kernel import compiled_forward
 from dwivae.losses import reconstruction_loss

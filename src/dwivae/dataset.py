@@ -169,29 +169,3 @@ def held_out_pairs(
     """
     rng = np.random.default_rng(seed_streams(seed)["test_noise"])
     return noisy_copies(split.test_clean[:max_atoms], split.noise_levels, rng=rng)
-
-
-def normalise_by_b0(signals: np.ndarray, acq: Acquisition) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Measured signals divided by their mean b0, as the models see them.
-
-    Parameters
-    ----------
-    signals : (M, N) ndarray
-        Signals in the scanner's units.
-    acq : Acquisition
-
-    Returns
-    -------
-    normalised : (M, N) ndarray, float32
-        ``signals / S0``; rows that are not ``valid`` are left as they were.
-    s0 : (M,) ndarray, float32
-        Mean of the b0 volumes of each row.
-    valid : (M,) bool ndarray
-        Rows with finite values and ``S0 > 0``.
-    """
-    x = np.asarray(signals, dtype=np.float32)
-    s0 = x[:, acq.b0_mask].mean(axis=1)
-    valid = np.isfinite(x).all(axis=1) & (s0 > 0)
-    normalised = x.copy()
-    normalised[valid] /= s0[valid, None]
-    return normalised, s0, valid

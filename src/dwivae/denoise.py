@@ -13,22 +13,29 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
 
 from dwivae._version import __version__
-from dwivae.acquisition import Acquisition
+from dwivae.acquisition import Acquisition, normalise_by_b0
 from dwivae.checkpoint import model_fingerprint
-from dwivae.context import context_codes
-from dwivae.dataset import normalise_by_b0
 from dwivae.errors import InputError
-from dwivae.kernel import compiled_forward
+from dwivae.kernel import default_threads
+from dwivae.mask import median_otsu_mask
 from dwivae.noise import (SIGMA_METHODS, central_slices, check_noise_model, estimate_sigma, remove_noise_floor,
                           sigma_from_b0, sigma_from_mppca, sigma_method)
 from dwivae.simulate import add_noncentral_chi_noise
 from dwivae.spatial import smooth_codes
-from dwivae.training import TrainedModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from dwivae.frozen import FrozenModel
+    from dwivae.training import TrainedModel
+
+Model = Union["TrainedModel", "FrozenModel"]
+"""A model with torch modules, or one loaded for the compiled forward pass only (:mod:`dwivae.frozen`)."""
 
 
 @dataclass
@@ -48,7 +55,7 @@ class DenoiseStats:
                 f"({self.engine} forward pass)")
 
 
-def check_protocol(model: TrainedModel, acq: Acquisition, *, model_name: str = "the model") -> None:
+def check_protocol(model: Model, acq: Acquisition, *, model_name: str = "the model") -> None:
     """Refuse data whose protocol is not the model's, saying how to get a matching model."""
     problem = model.acquisition.mismatch(acq)
     if problem is not None:
@@ -56,18 +63,17 @@ def check_protocol(model: TrainedModel, acq: Acquisition, *, model_name: str = "
                          "data with `dwivae train --bvals ... --bvecs ... --out DIR`, or pass --train")
 
 
-def check_bias_correction(model: TrainedModel) -> None:
+def check_bias_correction(model: Model) -> None:
     """Refuse to remove a noise floor that the model has already learned to remove."""
     if model.train_config.noise != "gaussian":
         raise InputError(f"this model was trained on {model.train_config.noise} noise, so its output has no "
                          "noise floor left: drop --bias-correct")
 
 
-@torch.inference_mode()
 def denoise_signals(
     signals: np.ndarray,
     acq: Acquisition,
-    model: TrainedModel,
+    model: Model,
     *,
     denoise_b0: bool = False,
     batch_size: int = 1 << 16,
@@ -76,11 +82,12 @@ def denoise_signals(
     bias_sigma: float | None = None,
     coils: int = 1,
     codes: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Denoise a stack of voxel signals.
 
     The forward pass runs in the compiled kernel of :mod:`dwivae.kernel` where it can be built
-    (torch otherwise); the posterior samples are drawn with torch.
+    (torch otherwise, imported only then); the posterior samples are drawn with torch.
 
     Parameters
     ----------
@@ -88,7 +95,7 @@ def denoise_signals(
         Measured signals, in the scanner's units.
     acq : Acquisition
         Their protocol (must match the model's).
-    model : TrainedModel
+    model : TrainedModel or FrozenModel
     denoise_b0 : bool
         Replace the b0 volumes by the model's output too (default: keep them as measured).
     batch_size : int
@@ -106,6 +113,8 @@ def denoise_signals(
     codes : (M, L) ndarray, optional
         Latent codes to decode instead of each signal's own latent mean (e.g. averaged over a
         neighbourhood by :func:`spatial_codes`); the output is still scaled by each row's S0.
+    threads : int, optional
+        Threads of the compiled forward pass (default: the CPUs this process may use).
 
     Returns
     -------
@@ -120,57 +129,71 @@ def denoise_signals(
         raise InputError("posterior samples (--uncertainty) need a VAE; this model is a DAE")
     x = np.asarray(signals, dtype=np.float32)
     b0 = acq.b0_mask
-    normalised, s0, valid = normalise_by_b0(x, acq)
+    s0 = x[:, b0].mean(axis=1)
+    valid = np.isfinite(x).all(axis=1) & (s0 > 0)
     out = x.copy()
     std = np.zeros_like(x) if posterior_samples else None
     rows = np.flatnonzero(valid)
-    network = model.network.eval()
-    compiled = compiled_forward(network, "all" if codes is None else "decoder")
-    threads = torch.get_num_threads()
+    compiled = model.compiled("all" if codes is None else "decoder")
+    threads = threads or default_threads()
     for start in range(0, len(rows), batch_size):
         idx = rows[start:start + batch_size]
-        scale = torch.from_numpy(s0[idx])[:, None]
-        if posterior_samples or compiled is None:
-            mu, logvar = network.encode(torch.from_numpy(normalised[idx]))
-        if codes is not None:
-            mu = torch.from_numpy(np.ascontiguousarray(codes[idx], dtype=np.float32))
+        block_codes = None if codes is None else np.ascontiguousarray(codes[idx], dtype=np.float32)
         if compiled is None:
-            denoised = network.decode(mu) * scale
+            denoised = _torch_pass(model, x[idx] / s0[idx, None], block_codes) * s0[idx, None]
         elif codes is None:
-            denoised = torch.from_numpy(compiled(x[idx], s0[idx], threads=threads))
+            denoised = compiled(x[idx], s0[idx], threads=threads)
         else:
-            denoised = torch.from_numpy(compiled(mu.numpy(), threads=threads)) * scale
+            denoised = compiled(block_codes, threads=threads) * s0[idx, None]
         if bias_sigma is not None:
-            denoised = torch.from_numpy(remove_noise_floor(denoised.numpy(), bias_sigma, coils=coils))
+            denoised = remove_noise_floor(denoised, bias_sigma, coils=coils)
         if not denoise_b0:
-            denoised[:, torch.from_numpy(b0)] = torch.from_numpy(x[idx][:, b0])
-        out[idx] = denoised.numpy()
+            denoised[:, b0] = x[idx][:, b0]
+        out[idx] = denoised
         if posterior_samples:
-            sigma = torch.exp(0.5 * logvar)
-            draws = torch.stack([network.decode(mu + sigma * torch.randn(mu.shape, generator=generator))
-                                 for _ in range(posterior_samples)])
-            std[idx] = (draws.std(dim=0) * scale).numpy()
+            draws = _torch_pass(model, x[idx] / s0[idx, None], block_codes, posterior_samples, generator)
+            std[idx] = draws.std(axis=0, ddof=1) * s0[idx, None]
     return out, valid, std
 
 
-@torch.inference_mode()
+def _torch_pass(model: TrainedModel, normalised: np.ndarray, codes: np.ndarray | None, posterior_samples: int = 0,
+                generator: torch.Generator | None = None) -> np.ndarray:
+    """The network in torch on S0-normalised signals (M, N), decoding ``codes`` (M, L) instead of
+    their latent means if given: its output (M, N), or with K posterior samples the K decodings of
+    ``z = mu + sigma * eps`` (K, M, N), sigma from each signal's own encoding."""
+    import torch
+
+    network = model.network.eval()
+    with torch.inference_mode():
+        mu, logvar = network.encode(torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32)))
+        if codes is not None:
+            mu = torch.from_numpy(codes)
+        if not posterior_samples:
+            return network.decode(mu).numpy()
+        sigma = torch.exp(0.5 * logvar)
+        return torch.stack([network.decode(mu + sigma * torch.randn(mu.shape, generator=generator))
+                            for _ in range(posterior_samples)]).numpy()
+
+
 def encode_signals(signals: np.ndarray, acq: Acquisition, model: TrainedModel, *,
                    batch_size: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Latent means of measured signals (M, N): ``(codes (M, L) float32, s0 (M,), valid (M,) bool)``;
     rows that are not valid (non-finite values, S0 <= 0) get zeros."""
+    import torch
+
     normalised, s0, valid = normalise_by_b0(np.asarray(signals, dtype=np.float32), acq)
     network = model.network.eval()
-    compiled = compiled_forward(network, "encoder")
+    compiled = model.compiled("encoder")
     codes = np.zeros((len(normalised), model.model_config.latent), np.float32)
     rows = np.flatnonzero(valid)
-    for start in range(0, len(rows), batch_size):
-        idx = rows[start:start + batch_size]
-        codes[idx] = (compiled(normalised[idx], threads=torch.get_num_threads()) if compiled is not None
-                      else network.encode(torch.from_numpy(normalised[idx]))[0].numpy())
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start:start + batch_size]
+            codes[idx] = (compiled(normalised[idx], threads=torch.get_num_threads()) if compiled is not None
+                          else network.encode(torch.from_numpy(normalised[idx]))[0].numpy())
     return codes, s0, valid
 
 
-@torch.inference_mode()
 def code_noise_scale(codes: np.ndarray, s0: np.ndarray, model: TrainedModel, sigma: float, *, coils: int = 1,
                      max_voxels: int = 20_000, seed: int = 0) -> float:
     """The distance that noise alone puts between two latent codes of one voxel's signal.
@@ -197,15 +220,18 @@ def code_noise_scale(codes: np.ndarray, s0: np.ndarray, model: TrainedModel, sig
     -------
     float
     """
+    import torch
+
     rng = np.random.default_rng(seed)
     if len(codes) > max_voxels:
         pick = rng.choice(len(codes), max_voxels, replace=False)
         codes, s0 = codes[pick], s0[pick]
     network = model.network.eval()
-    clean = network.decode(torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))).numpy()
     relative = (sigma / np.asarray(s0, dtype=np.float32))[:, None]
-    a, b = (network.encode(torch.from_numpy(add_noncentral_chi_noise(clean, relative, coils=coils, rng=rng)))[0]
-            .numpy() for _ in range(2))
+    with torch.inference_mode():
+        clean = network.decode(torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))).numpy()
+        a, b = (network.encode(torch.from_numpy(add_noncentral_chi_noise(clean, relative, coils=coils, rng=rng)))[0]
+                .numpy() for _ in range(2))
     return float(np.median(np.linalg.norm(a - b, axis=1)))
 
 
@@ -275,11 +301,13 @@ def learned_context_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: 
     """Each voxel's code from its neighbourhood's latent means by the model's context network
     (:mod:`dwivae.context`); ``slabs`` and ``inside`` as in :func:`encode_volume`. Returns
     (X, Y, Z, L) float32 codes."""
+    from dwivae.context import context_codes
+
     latent, _, valid = encode_volume(slabs, inside, acq, model)
     return context_codes(latent, valid, model.context)
 
 
-def check_context(model: TrainedModel, *, spatial: float | None) -> None:
+def check_context(model: Model, *, spatial: float | None) -> None:
     """Refuse a learned and a hand-set neighbourhood at once."""
     if spatial is not None and model.context is not None:
         raise InputError("this model has a learned context network, which already combines each voxel's "
@@ -289,7 +317,7 @@ def check_context(model: TrainedModel, *, spatial: float | None) -> None:
 def denoise(
     data: np.ndarray,
     acq: Acquisition,
-    model: TrainedModel,
+    model: Model,
     *,
     mask: np.ndarray | None = None,
     denoise_b0: bool = False,
@@ -299,6 +327,7 @@ def denoise(
     coils: int = 1,
     spatial: float | None = None,
     context: bool = True,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Denoise a 4D diffusion series held in memory.
 
@@ -327,6 +356,8 @@ def denoise(
     context : bool
         Use the model's learned context network (:func:`learned_context_codes`), if it has one;
         False denoises voxel by voxel.
+    threads : int, optional
+        Threads of the compiled forward pass (default: the CPUs this process may use).
 
     Returns
     -------
@@ -354,16 +385,15 @@ def denoise(
     elif context and model.context is not None:
         codes = learned_context_codes([(0, data.shape[2], data)], inside, acq, model)[inside]
     out[inside], _, _ = denoise_signals(data[inside], acq, model, denoise_b0=denoise_b0, batch_size=batch_size,
-                                        bias_sigma=sigma if bias_correct else None, coils=coils, codes=codes)
+                                        bias_sigma=sigma if bias_correct else None, coils=coils, codes=codes,
+                                        threads=threads)
     return out
 
 
 def auto_mask(img, acq: Acquisition) -> np.ndarray:
-    """Brain mask from the mean b0 volume with DIPY's ``median_otsu`` (radius 2, one pass)."""
-    from dipy.segment.mask import median_otsu
-
-    _, mask = median_otsu(b0_volumes(img, acq).mean(axis=-1), median_radius=2, numpass=1)
-    return mask
+    """Brain mask from the mean b0 volume: DIPY's ``median_otsu`` (radius 2, one pass), as
+    :func:`dwivae.mask.median_otsu_mask` computes it."""
+    return median_otsu_mask(b0_volumes(img, acq).mean(axis=-1))
 
 
 def b0_volumes(img, acq: Acquisition) -> np.ndarray:
@@ -375,7 +405,7 @@ def b0_volumes(img, acq: Acquisition) -> np.ndarray:
 def denoise_file(
     dwi: str | PathLike[str],
     acq: Acquisition,
-    model: TrainedModel,
+    model: Model,
     out: str | PathLike[str],
     *,
     mask: str | PathLike[str] | None = "auto",
@@ -392,6 +422,7 @@ def denoise_file(
     coils: int = 1,
     spatial: float | None = None,
     context: bool = True,
+    threads: int | None = None,
 ) -> tuple[dict[str, Path], DenoiseStats]:
     """Denoise a NIfTI file slab by slab and write the denoised series and its residual.
 
@@ -425,6 +456,8 @@ def denoise_file(
     context : bool
         Use the model's learned context network, if it has one (one more pass over the file to
         encode it first); False denoises voxel by voxel.
+    threads : int, optional
+        Threads of the compiled forward pass (default: the CPUs this process may use).
 
     Notes
     -----
@@ -478,9 +511,12 @@ def denoise_file(
                                  coils=coils)
     elif context:
         codes = learned_context_codes(io.iter_slabs(img, slab=slab), inside, acq, model)
-    generator = torch.Generator().manual_seed(seed)
-    stats = DenoiseStats(outside_mask=int((~inside).sum()),
-                         engine="torch" if compiled_forward(model.network) is None else "compiled")
+    generator = None
+    if uncertainty:
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+    stats = DenoiseStats(outside_mask=int((~inside).sum()), engine="torch" if model.compiled() is None else "compiled")
     any_signal = False
     with ExitStack() as stack:
         writers = {name: stack.enter_context(io.NiftiWriter(path, img.shape, img, force=force))
@@ -489,15 +525,15 @@ def denoise_file(
                                  desc="denoise", unit="slab", disable=not progress):
             sel = inside[:, :, z0:z1]
             signals = data[sel]
-            any_signal |= bool(np.any(signals[np.isfinite(signals)] != 0))
+            any_signal = any_signal or bool(np.any(signals[np.isfinite(signals)] != 0))
             denoised, valid, std = denoise_signals(
                 signals, acq, model, denoise_b0=denoise_b0, batch_size=batch_size,
                 posterior_samples=uncertainty, generator=generator,
                 bias_sigma=sigma if bias_correct else None, coils=coils,
-                codes=codes[:, :, z0:z1][sel] if codes is not None else None)
+                codes=codes[:, :, z0:z1][sel] if codes is not None else None, threads=threads)
             stats.denoised += int(valid.sum())
             stats.skipped += int((~valid).sum())
-            result = data.copy()
+            result = data.copy(order="K")  # the file's (Fortran) order: slabs are written without a transpose
             result[sel] = denoised
             writers["denoised"].write_slab(z0, z1, result)
             writers["residual"].write_slab(z0, z1, data - result)

@@ -18,9 +18,9 @@ import nibabel as nib
 import numpy as np
 
 from dwivae import figures, io
-from dwivae.acquisition import Acquisition, load_acquisition
+from dwivae.acquisition import Acquisition, load_acquisition, normalise_by_b0
 from dwivae.checkpoint import load_model, model_fingerprint
-from dwivae.dataset import noisy_copies, normalise_by_b0
+from dwivae.dataset import noisy_copies
 from dwivae.errors import InputError
 from dwivae.latent import latent_influence, latent_statistics, latent_traversal
 from dwivae.simulate import STUDY_NOISE_LEVELS, add_gaussian_noise, random_tensors, tensor_signals

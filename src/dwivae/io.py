@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -285,8 +285,9 @@ class NiftiWriter:
     renamed onto it when the ``with`` block ends without error; on error the temporary file is
     deleted and the target is left as it was.
 
-    For a ``.nii`` target the temporary file is preallocated and memory-mapped, so memory stays at
-    one slab. For a ``.nii.gz`` target the whole output is held in memory as float32 (4 bytes per
+    For a ``.nii`` target the temporary file is preallocated and each slab is written in place
+    (one contiguous run of bytes per volume), so memory stays at one slab. For a ``.nii.gz``
+    target the whole output is held in memory as float32 (4 bytes per
     voxel and volume) and compressed at the end, since gzip cannot be written out of order.
 
     Parameters
@@ -318,12 +319,14 @@ class NiftiWriter:
         self._header.set_data_shape(self.shape)
         self._temp: Path | None = None
         self._data: np.ndarray | None = None
+        self._file: BinaryIO | None = None
+        self._offset = 0
 
     def __enter__(self) -> NiftiWriter:
         if self._suffix.lower() == ".nii":
             self._temp = _temp_path(self.path, self._suffix)
             try:
-                self._data = self._preallocate(self._temp, self._header)
+                self._file = self._preallocate(self._temp, self._header)
             except BaseException:
                 self._temp.unlink(missing_ok=True)
                 self._temp = None
@@ -332,15 +335,18 @@ class NiftiWriter:
             self._data = np.zeros(self.shape, dtype=np.float32)
         return self
 
-    def _preallocate(self, temp: Path, header: nib.Nifti1Header) -> np.memmap:
-        """Write the header to ``temp``, extend the file to full size and map its voxels."""
+    def _preallocate(self, temp: Path, header: nib.Nifti1Header) -> BinaryIO:
+        """Write the header to ``temp`` and extend the file to full size; returns it open for writing."""
         header["vox_offset"] = 0  # let nibabel place the data after the header and extensions
-        with open(temp, "wb") as f:
+        f = open(temp, "w+b")  # noqa: SIM115 (closed in __exit__)
+        try:
             header.write_to(f)
-            offset = header.get_data_offset()
-            f.truncate(offset + int(np.prod(self.shape)) * 4)
-        return np.memmap(temp, dtype=header.get_data_dtype(), mode="r+", offset=offset,
-                         shape=self.shape, order="F")
+            self._offset = header.get_data_offset()
+            f.truncate(self._offset + int(np.prod(self.shape)) * 4)
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def write_slab(self, z0: int, z1: int, data: np.ndarray) -> None:
         """Store the slices ``z0 <= z < z1``.
@@ -352,25 +358,35 @@ class NiftiWriter:
         data : (X, Y, z1 - z0, ...) array_like
             Values of the slab, cast to float32.
         """
-        if self._data is None:
+        if self._data is None and self._file is None:
             raise RuntimeError("NiftiWriter.write_slab is only valid inside a `with NiftiWriter(...)` block")
         expected = (*self.shape[:2], z1 - z0, *self.shape[3:])
         data = np.asarray(data)
         if not 0 <= z0 < z1 <= self.shape[2] or data.shape != expected:
             raise ValueError(f"slab {z0}:{z1} of shape {data.shape} does not fit an output of shape {self.shape}")
-        self._data[:, :, z0:z1] = data
+        if self._data is not None:
+            self._data[:, :, z0:z1] = data
+            return
+        # the file is in Fortran order: for each volume, slices z0..z1 are one run of bytes
+        nx, ny, nz = self.shape[:3]
+        volumes = np.asfortranarray(data.reshape((nx, ny, z1 - z0, -1), order="F"),
+                                    dtype=self._header.get_data_dtype())
+        for t in range(volumes.shape[3]):
+            os.pwrite(self._file.fileno(), volumes[:, :, :, t].ravel(order="F"),
+                      self._offset + 4 * nx * ny * (z0 + nz * t))
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         data, self._data = self._data, None
         try:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
             if exc_type is None:
-                if isinstance(data, np.memmap):
-                    data.flush()
-                else:
+                if data is not None:
                     self._temp = _temp_path(self.path, self._suffix)
                     type(self._like_img)(data, self._like_img.affine, self._header).to_filename(self._temp)
-                del data  # unmaps the file before it is renamed
+                del data
                 _commit(self._temp, self.path, like_img=self._like_img, force=self._force)
         finally:
             if self._temp is not None:

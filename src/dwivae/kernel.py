@@ -1,7 +1,8 @@
-"""The compiled kernels: a forward pass for denoising and the gradient of a training step, in C.
+"""The compiled kernels: a forward pass for denoising, the gradient of a training step and the
+3D median filter of the brain mask, in C.
 
-``forward.c`` and ``train_step.c`` (with ``simd.h``) are built with the system C compiler on
-first use into ``$XDG_CACHE_HOME/dwivae/kernels`` (``-O3 -march=native``, 0.3 s; keyed by the
+``forward.c``, ``train_step.c`` (with ``simd.h``) and ``median.c`` are built with the system C
+compiler on first use into ``$XDG_CACHE_HOME/dwivae/kernels`` (``-O3 -march=native``, 0.3 s; keyed by the
 sources, the compiler and the CPU's feature flags) and loaded with ctypes, which releases the GIL,
 so chunks of voxels or samples run in parallel threads.
 
@@ -30,15 +31,17 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
-SOURCES = ("simd.h", "forward.c", "train_step.c")
+SOURCES = ("simd.h", "forward.c", "train_step.c", "median.c")
 """The kernel's C sources (package data); the .c files are compiled into one shared library."""
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-funroll-loops", "-std=gnu11", "-fPIC", "-shared")
 MAX_WIDTH = 1024
 """The widest layer the kernel takes (``MAXW`` in forward.c)."""
-ACTIVATION_CODES = {nn.ELU: 1, nn.Sigmoid: 2, nn.ReLU: 3, nn.LeakyReLU: 4}
-"""Codes of forward.c's activations; a Linear followed by none of these gets 0 (identity)."""
+ACTIVATION_CODES = {"ELU": 1, "Sigmoid": 2, "ReLU": 3, "LeakyReLU": 4}
+"""Codes of forward.c's activations by torch module name (this module does not import torch); a
+Linear followed by none of these gets 0 (identity)."""
+Layer = tuple[np.ndarray, np.ndarray, int]
+"""A dense layer for the kernel: W (n_out, n_in), b (n_out,) and the code of its activation."""
 
 
 def kernel_dir() -> Path:
@@ -86,7 +89,17 @@ def _library() -> ctypes.CDLL | None:
         f32, f32, f32, ctypes.c_int64, ctypes.c_int, ctypes.c_int, i32, i32, ctypes.c_int,
         ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_float, f32, f32, ctypes.POINTER(ctypes.c_double)]
     lib.dwivae_train_step.restype = ctypes.c_int
+    lib.dwivae_median3d.argtypes = [f32, f32, *([ctypes.c_int] * 6)]
+    lib.dwivae_median3d.restype = ctypes.c_int
     return lib
+
+
+def default_threads() -> int:
+    """Threads for the forward pass: the CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def library() -> ctypes.CDLL | None:
@@ -118,19 +131,18 @@ def merge_linear(stack: list[tuple[np.ndarray, np.ndarray, int]]) -> list[tuple[
 
 
 class CompiledForward:
-    """A stack of the network's layers (e.g. ``x -> decode(encode_mean(x))``) through the compiled kernel.
+    """A stack of dense layers (e.g. ``x -> decode(encode_mean(x))``) through the compiled kernel.
 
     Parameters
     ----------
     library : ctypes.CDLL
-    layers : list of (nn.Linear, int)
-        Each linear layer with the code of the activation that follows it.
+    layers : list of (W, b, activation code)
+        See :data:`Layer`; consecutive layers are folded by :func:`merge_linear` where that pays.
     """
 
-    def __init__(self, library: ctypes.CDLL, layers: list[tuple[nn.Linear, int]]) -> None:
+    def __init__(self, library: ctypes.CDLL, layers: list[Layer]) -> None:
         self._fn = library.dwivae_forward
-        stack = merge_linear([(linear.weight.detach().numpy().astype(np.float64),
-                               linear.bias.detach().numpy().astype(np.float64), code) for linear, code in layers])
+        stack = merge_linear([(np.asarray(w, np.float64), np.asarray(b, np.float64), code) for w, b, code in layers])
         widths = [stack[0][0].shape[1]] + [len(b) for _, b, _ in stack]
         self.n_inputs, self.n_outputs = widths[0], widths[-1]
         self._widths = np.array(widths, dtype=np.int32)
@@ -184,29 +196,30 @@ PARTS = ("all", "encoder", "decoder")
 """What :func:`compiled_forward` runs: the whole deterministic path, ``x -> mu`` or ``z -> output``."""
 
 
-def _layers(network: nn.Module, part: str = "all") -> list[tuple[nn.Linear, int]] | None:
-    """The deterministic path of an Autoencoder (or its encoder to ``mu``, or its decoder) as
-    (linear, activation code), or None if unsupported."""
+def _layers(network, part: str = "all") -> list[Layer] | None:
+    """The deterministic path of an :class:`~dwivae.models.Autoencoder` (or its encoder to
+    ``mu``, or its decoder) as kernel layers, or None if a module is not implemented."""
     modules = {"all": [*network.encoder, network.mu, *network.decoder],
                "encoder": [*network.encoder, network.mu], "decoder": [*network.decoder]}[part]
-    layers: list[tuple[nn.Linear, int]] = []
+    layers: list[Layer] = []
     for module in modules:
-        if isinstance(module, nn.Linear):
+        kind = type(module).__name__
+        if kind == "Linear":
             if module.bias is None or max(module.in_features, module.out_features) > MAX_WIDTH:
                 return None
-            layers.append((module, 0))
-        elif type(module) in ACTIVATION_CODES and layers and layers[-1][1] == 0:
-            if isinstance(module, nn.ELU) and module.alpha != 1.0:
+            layers.append((module.weight.detach().numpy(), module.bias.detach().numpy(), 0))
+        elif kind in ACTIVATION_CODES and layers and layers[-1][2] == 0:
+            if kind == "ELU" and module.alpha != 1.0:
                 return None
-            if isinstance(module, nn.LeakyReLU) and module.negative_slope != 0.01:
+            if kind == "LeakyReLU" and module.negative_slope != 0.01:
                 return None
-            layers[-1] = (layers[-1][0], ACTIVATION_CODES[type(module)])
+            layers[-1] = (*layers[-1][:2], ACTIVATION_CODES[kind])
         else:
             return None
     return layers
 
 
-def compiled_forward(network: nn.Module, part: str = "all") -> CompiledForward | None:
+def compiled_forward(network, part: str = "all") -> CompiledForward | None:
     """The compiled forward pass of ``network`` (an :class:`~dwivae.models.Autoencoder`), or None.
 
     ``part`` is one of :data:`PARTS`. None when ``DWIVAE_KERNEL=torch`` is set, no C compiler

@@ -10,60 +10,13 @@ mean by a learned, edge-aware combination of the latent means of its 3x3x3 neigh
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 from torch import nn
 
-from dwivae.errors import InputError
+from dwivae.config import ACTIVATION_NAMES, ContextConfig, ModelConfig
 
-ARCHITECTURES = ("vae", "dae")
-CONTEXT_LOSSES = ("log", "signal")
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a network; saved with its weights.
-
-    Parameters
-    ----------
-    arch : {"vae", "dae"}
-    n_inputs : int
-        Number of volumes N of the protocol.
-    latent : int
-        Latent size (the study: 7, and 10 for comparison).
-    hidden : tuple of int
-        Widths of the encoder layers; empty means three layers narrowing linearly from
-        ``n_inputs`` to ``latent``. The decoder mirrors them.
-    activation : {"relu", "leaky_relu", "elu"}
-    """
-
-    arch: str = "vae"
-    n_inputs: int = 32
-    latent: int = 7
-    hidden: tuple[int, ...] = field(default=())
-    activation: str = "elu"
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise InputError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
-        if self.activation not in ACTIVATIONS:
-            raise InputError(f"unknown activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}")
-        if not 1 <= self.latent < self.n_inputs:
-            raise InputError(f"latent size {self.latent} must be between 1 and the number of volumes "
-                             f"({self.n_inputs}) minus one")
-        step = (self.n_inputs - self.latent) / 4
-        hidden = self.hidden or tuple(round(self.n_inputs - step * k) for k in (1, 2, 3))
-        object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
-
-    def widths(self) -> tuple[int, ...]:
-        """Encoder widths from input to the last hidden layer, e.g. (32, 26, 20, 13)."""
-        return (self.n_inputs, *self.hidden)
-
-    def to_json(self) -> dict:
-        """A JSON-serialisable dict that ``ModelConfig(**d)`` reads back."""
-        return {**asdict(self), "hidden": list(self.hidden)}
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES
 
 
 def _stack(widths: tuple[int, ...], activation: str) -> nn.Sequential:
@@ -116,54 +69,6 @@ class Autoencoder(nn.Module):
 def build_model(config: ModelConfig) -> Autoencoder:
     """Build the network that ``config`` describes (weights from torch's current generator)."""
     return Autoencoder(config)
-
-
-@dataclass(frozen=True)
-class ContextConfig:
-    """Everything needed to rebuild a :class:`ContextNet`, and how it was trained; saved with it.
-
-    Parameters
-    ----------
-    latent : int
-        Latent size of the autoencoder whose codes it combines.
-    radius : int
-        Neighbourhood radius r: (2r + 1)³ voxels.
-    width : int
-        Width of the hidden layers of its two small networks.
-    steps, batch_size, lr : int, int, float
-        Adam steps, neighbourhoods per step and learning rate of its training.
-    loss : {"log", "signal"}
-        Its training loss on the centre voxel: the mean squared difference of log signals
-        (``log(S + 0.01)``; errors weighted as the tensor fit weighs them, so that dark voxels such
-        as CSF at high b count), or the autoencoder's reconstruction loss on the signals.
-    """
-
-    latent: int = 7
-    radius: int = 1
-    width: int = 32
-    steps: int = 3000
-    batch_size: int = 1024
-    lr: float = 2e-3
-    loss: str = "log"
-
-    def __post_init__(self) -> None:
-        if self.loss not in CONTEXT_LOSSES:
-            raise InputError(f"unknown context loss {self.loss!r}: choose one of {', '.join(CONTEXT_LOSSES)}")
-        if self.radius < 1 or self.width < 1 or self.latent < 1:
-            raise InputError(f"context radius ({self.radius}), width ({self.width}) and latent size "
-                             f"({self.latent}) must be >= 1")
-        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise InputError(f"context steps ({self.steps}) and batch size ({self.batch_size}) must be >= 1 "
-                             f"and the learning rate ({self.lr}) > 0")
-
-    @property
-    def size(self) -> int:
-        """Voxels per neighbourhood, (2r + 1)³."""
-        return (2 * self.radius + 1) ** 3
-
-    def to_json(self) -> dict:
-        """A JSON-serialisable dict that ``ContextConfig(**d)`` reads back."""
-        return asdict(self)
 
 
 def neighbour_offsets(radius: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -13,155 +13,17 @@ import torch
 from dwivae.acquisition import Acquisition
 from dwivae.dataset import (SimulatedSplit, clean_atoms, noisy_copies, seed_streams, simulate_split,
                             held_out_pairs, torch_generator)
-from dwivae.errors import InputError
 from dwivae.compiled_step import CompiledStep
+from dwivae.config import PRESETS, TrainConfig
 from dwivae.fused import FusedStep, UnsupportedNetwork
-from dwivae.kernel import compiled_forward
+from dwivae.kernel import CompiledForward, compiled_forward
 from dwivae.losses import beta_schedule, kl_divergence, reconstruction_loss
 from dwivae.models import Autoencoder, ContextNet, ModelConfig, build_model
-from dwivae.simulate import NOISE_KINDS, add_gaussian_noise, add_noncentral_chi_noise
+from dwivae.simulate import add_gaussian_noise, add_noncentral_chi_noise
 
 
-LR_SCHEDULES = ("constant", "cosine")
-NORMALISATIONS = ("s0", "b0")
 MIN_B0_MEAN = 1e-3
 """Floor of a noisy sample's b0 mean (S0 = 1) when training samples are normalised by it."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings; saved with the weights.
-
-    Parameters
-    ----------
-    epochs : int
-    lr : float
-        Adam learning rate.
-    lr_schedule : {"constant", "cosine"}
-        Constant (the study), or cosine decay from ``lr`` to ``lr / 100`` over the epochs.
-    batch_size : int
-    loss : {"huber", "mse", "l1"}
-        Reconstruction loss.
-    beta_max, beta_start_epoch, beta_step : float, int, float
-        KL weight schedule (see :func:`dwivae.losses.beta_schedule`); ``beta_max=0`` trains
-        without the KL term (the study's ablation). The DAE has no KL term. beta weighs the KL
-        term against the reconstruction loss summed over the N volumes of a sample (the ELBO's
-        convention); as the reconstruction loss is a mean over volumes, the step uses beta / N.
-        Against the mean itself, the study's beta of 0.0015 collapses the posterior: the VAE
-        then ignores its input (measured: FA error 0.47 on clean test signals, against 0.06
-        without KL).
-    seed : int
-        Fixes simulation, split, noise, initialisation and latent sampling.
-    samples_per_epoch : int or None
-        None: every training atom at every noise level, with noise drawn once (the study's
-        fixed data set). An int: that many fresh samples per epoch, each a random training atom
-        at a random noise level with new noise (online simulation).
-    atoms : {"grid", "random", "sticks", "mixed"}
-        Clean signals from the study's tensor grid, random physiological tensors, random
-        ball-and-sticks, or both (see :func:`dwivae.dataset.simulate_split`).
-    n_atoms : int
-        Number of random atoms (all sources but the grid).
-    test_fraction : float
-    test_every : int
-        Test MSE is measured every this many epochs and after the last one.
-    noise : {"gaussian", "rician", "nc-chi"}
-        Noise of the training samples: Gaussian clipped at 0 (the study), Rician, or noncentral
-        chi over ``coils`` channels (see :func:`dwivae.simulate.add_noncentral_chi_noise`).
-        Rician and nc-chi need ``samples_per_epoch``.
-    coils : int
-    snr_range : (float, float), optional
-        Draw each sample's noise as ``sigma = 1 / SNR`` (S0 = 1) with SNR log-uniform over this
-        range, instead of the study's 31 levels (needs ``samples_per_epoch``).
-    fresh_atoms : bool
-        Online simulation: every batch draws new clean signals from the random atom source
-        instead of picking training atoms from a fixed dictionary, so no sample repeats and
-        memory does not grow with the parameter space (needs ``samples_per_epoch``; only the
-        held-out atoms that measure the test MSE are simulated up front).
-    free_water : float
-        Fraction of the random tensors that are isotropic, ``d I`` with d up to 3.5e-3 mm²/s
-        (free water, which the random tensors otherwise all but miss); random or mixed atoms only.
-    normalise : {"s0", "b0"}
-        What a training sample is divided by: the true S0 (1; the study), or, as denoising real
-        data must, the mean of its own noisy b0 volumes m, with the clean target divided by the
-        same m (capped at 1, the sigmoid's range). With "s0" the network never learns that the b0
-        noise of real data scales the diffusion-weighted values it sees; with "b0" it does, and
-        ``m`` times its output estimates the clean signal (needs ``snr_range``).
-    """
-
-    epochs: int = 40
-    lr: float = 4e-4
-    lr_schedule: str = "constant"
-    batch_size: int = 3000
-    loss: str = "huber"
-    beta_max: float = 0.0015
-    beta_start_epoch: int = 2
-    beta_step: float = 1e-4
-    seed: int = 0
-    samples_per_epoch: int | None = None
-    atoms: str = "grid"
-    n_atoms: int = 500_000
-    test_fraction: float = 0.2
-    test_every: int = 5
-    noise: str = "gaussian"
-    coils: int = 1
-    snr_range: tuple[float, float] | None = None
-    fresh_atoms: bool = False
-    free_water: float = 0.0
-    normalise: str = "s0"
-
-    def __post_init__(self) -> None:
-        reconstruction_loss(self.loss)
-        if self.noise not in NOISE_KINDS:
-            raise InputError(f"unknown noise {self.noise!r}: choose one of {', '.join(NOISE_KINDS)}")
-        if self.coils < 1 or (self.noise != "nc-chi" and self.coils != 1):
-            raise InputError(f"{self.coils} coils: use 1, or more with nc-chi noise")
-        if self.snr_range is not None:
-            object.__setattr__(self, "snr_range", tuple(float(v) for v in self.snr_range))
-            low, high = self.snr_range
-            if not 0 < low <= high:
-                raise InputError(f"SNR range {low}-{high} must be positive and increasing")
-        if not 0.0 <= self.free_water < 1.0:
-            raise InputError(f"free-water fraction {self.free_water} must lie in [0, 1)")
-        if self.free_water and self.atoms not in ("random", "mixed"):
-            raise InputError("free water is added to the random tensors: choose random or mixed atoms")
-        if self.fresh_atoms and self.atoms == "grid":
-            raise InputError("fresh atoms are drawn at random: choose random, sticks or mixed atoms, not the grid")
-        if (self.noise != "gaussian" or self.snr_range is not None or self.fresh_atoms) and self.samples_per_epoch is None:
-            raise InputError("Rician/nc-chi noise, an SNR range and fresh atoms need fresh samples each epoch "
-                             "(samples_per_epoch; the default preset), not the study's fixed data set")
-        if self.normalise not in NORMALISATIONS:
-            raise InputError(f"unknown normalisation {self.normalise!r}: choose one of {', '.join(NORMALISATIONS)}")
-        if self.normalise == "b0" and self.snr_range is None:
-            raise InputError("normalising by the noisy b0 needs an SNR range (--snr-range or --snr-from): at the "
-                             "study's noise levels (sigma up to 0.91 S0) the b0 mean can be near 0")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise InputError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be >= 1")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise InputError(f"unknown learning-rate schedule {self.lr_schedule!r}: choose one of "
-                             f"{', '.join(LR_SCHEDULES)}")
-        if self.lr <= 0 or self.beta_max < 0:
-            raise InputError(f"learning rate ({self.lr}) must be > 0 and beta ({self.beta_max}) >= 0")
-
-    def to_json(self) -> dict:
-        """A JSON-serialisable dict that ``TrainConfig(**d)`` reads back."""
-        return asdict(self)
-
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate of 1-based ``epoch``."""
-        if self.lr_schedule == "constant" or self.epochs == 1:
-            return self.lr
-        floor = self.lr / 100
-        return floor + 0.5 * (self.lr - floor) * (1 + math.cos(math.pi * (epoch - 1) / (self.epochs - 1)))
-
-
-PRESETS: dict[str, TrainConfig] = {
-    "study": TrainConfig(),
-    "default": TrainConfig(samples_per_epoch=1_000_000, batch_size=2048, epochs=16, lr=2e-3,
-                           lr_schedule="cosine", beta_step=2e-4),
-}
-"""``study``: the study's full data volume (all atoms x 31 levels, 40 epochs). ``default``: fresh
-noise each epoch on fewer samples, tuned to reach the study preset's test quality in seconds."""
-
 
 MONITOR_ATOMS = 8192
 """Test MSE during training is measured on this many held-out atoms at every noise level;
@@ -180,6 +42,11 @@ class TrainedModel:
     summary: dict
     context: ContextNet | None = None
     """A learned neighbourhood network on the latent codes (:mod:`dwivae.context`), if trained."""
+
+    def compiled(self, part: str = "all") -> CompiledForward | None:
+        """The deterministic forward pass (or its ``encoder`` or ``decoder``) through the compiled
+        kernel, or None where it cannot run (see :func:`dwivae.kernel.compiled_forward`)."""
+        return compiled_forward(self.network, part)
 
 
 class AutogradStep:
