@@ -4,10 +4,12 @@ A 96 x 96 x 60 x 32 volume of the seed32 protocol (simulated tensors in an ellip
 Rician noise) is written as uncompressed ``.nii``; each method reads it, masks, denoises and writes
 its output, in its own process, timed from outside, with peak memory (maximum resident set size)
 from ``/usr/bin/time -v``. A volume 4x larger (240 slices) shows that dwivae's memory stays bounded.
-Also prints the network's inference rate (voxels/s) on in-memory signals: torch against the
-compiled kernel (:mod:`dwivae.kernel`), 1 and 2 threads.
+dwivae and dwidenoise run ``--repeats`` times (default 3), interleaved, and their median wall time
+is reported. Also prints the network's inference rate (voxels/s) on in-memory signals: torch
+against the compiled kernel (:mod:`dwivae.kernel`), 1 and 2 threads.
 
-Usage: ``python benchmarks/bench_denoise.py [--model DIR] [--out benchmarks/results/denoise.json] [--skip-peers]``
+Usage: ``python benchmarks/bench_denoise.py [--model DIR] [--out benchmarks/results/denoise.json] [--skip-peers]
+[--skip-mppca] [--repeats N]``
 """
 from __future__ import annotations
 
@@ -50,8 +52,11 @@ def make_volume(shape: tuple[int, int, int], path: Path, *, seed: int = 0) -> No
     nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), path)
 
 
-def timed(cmd: list[str]) -> dict:
-    """Run a command under /usr/bin/time -v; return wall seconds and peak memory in MB."""
+def timed(cmd: list[str], outputs: list[Path]) -> dict:
+    """Run a command under /usr/bin/time -v, its outputs deleted first; return wall seconds and
+    peak memory in MB."""
+    for path in outputs:
+        path.unlink(missing_ok=True)
     started = time.perf_counter()
     done = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -100,7 +105,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/denoise.json"))
     parser.add_argument("--model", type=Path, help="a seed32 model directory (default: train one)")
     parser.add_argument("--skip-peers", action="store_true", help="time dwivae only")
-    parser.add_argument("--skip-mppca", action="store_true", help="skip DIPY mppca (about a minute)")
+    parser.add_argument("--skip-mppca", action="store_true", help="skip DIPY mppca (minutes)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of dwivae and dwidenoise, interleaved; the median is reported (mppca runs once)")
     args = parser.parse_args()
     results: dict = {"machine": f"{os.cpu_count()} CPU cores", "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,20 +126,32 @@ def main() -> None:
         for label, shape in (("96x96x60x32", (96, 96, 60)), ("96x96x240x32 (4x)", (96, 96, 240))):
             dwi = tmp / f"dwi_{shape[2]}.nii"
             make_volume(shape, dwi)
-            runs = {"dwivae": [sys.executable, "-m", "dwivae.cli", "denoise", str(dwi), "--bvals",
-                               str(tmp / "dwi.bval"), "--bvecs", str(tmp / "dwi.bvec"), "--model",
-                               str(model_dir), "--out", str(tmp / f"vae_{shape[2]}.nii"), "--quiet", "--force"]}
+            vae_out = tmp / f"vae_{shape[2]}.nii"
+            runs = {"dwivae": ([sys.executable, "-m", "dwivae.cli", "denoise", str(dwi), "--bvals",
+                                str(tmp / "dwi.bval"), "--bvecs", str(tmp / "dwi.bvec"), "--model",
+                                str(model_dir), "--out", str(vae_out), "--quiet"],
+                               [vae_out, tmp / f"vae_{shape[2]}_residual.nii", tmp / f"vae_{shape[2]}.json"])}
             if not args.skip_peers and shape[2] == 60:
                 if shutil.which("dwidenoise"):
-                    runs["mrtrix3 dwidenoise -nthreads 2"] = [
-                        "dwidenoise", "-nthreads", "2", "-force", "-quiet", str(dwi), str(tmp / "mrtrix.nii")]
+                    runs["mrtrix3 dwidenoise -nthreads 2"] = (
+                        ["dwidenoise", "-nthreads", "2", "-quiet", str(dwi), str(tmp / "mrtrix.nii")],
+                        [tmp / "mrtrix.nii"])
                 if not args.skip_mppca:
-                    runs["dipy mppca"] = [sys.executable, "-c", (
+                    runs["dipy mppca"] = ([sys.executable, "-c", (
                         "import nibabel as nib, numpy as np, sys; from dipy.denoise.localpca import mppca; "
                         "img = nib.load(sys.argv[1]); d = np.asarray(img.dataobj, dtype=np.float32); "
                         "nib.save(nib.Nifti1Image(mppca(d, patch_radius=2, suppress_warning=True)"
-                        ".astype(np.float32), img.affine), sys.argv[2])"), str(dwi), str(tmp / "mppca.nii")]
-            results[label] = {name: timed(cmd) for name, cmd in runs.items()}
+                        ".astype(np.float32), img.affine), sys.argv[2])"), str(dwi), str(tmp / "mppca.nii")],
+                        [tmp / "mppca.nii"])
+            trials: dict[str, list[dict]] = {name: [] for name in runs}
+            for k in range(args.repeats):
+                for name, (cmd, outputs) in runs.items():
+                    if name != "dipy mppca" or k == 0:
+                        trials[name].append(timed(cmd, outputs))
+            results[label] = {name: {"wall_seconds": float(np.median([t["wall_seconds"] for t in ts])),
+                                     "wall_seconds_runs": [t["wall_seconds"] for t in ts],
+                                     "peak_memory_mb": max(t["peak_memory_mb"] for t in ts)}
+                              for name, ts in trials.items()}
             for name, r in results[label].items():
                 print(f"{label:<20} {name:<32} {r['wall_seconds']:8.2f} s {r['peak_memory_mb']:8.0f} MB")
             peer = results[label].get("mrtrix3 dwidenoise -nthreads 2")
