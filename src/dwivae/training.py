@@ -13,7 +13,7 @@ import torch
 from dwivae.acquisition import Acquisition
 from dwivae.dataset import (SimulatedSplit, clean_atoms, noisy_copies, seed_streams, simulate_split,
                             held_out_pairs, torch_generator)
-from dwivae.compiled_step import CompiledStep
+from dwivae.compiled_step import CompiledStep, Rows
 from dwivae.config import PRESETS, TrainConfig
 from dwivae.fused import FusedStep, UnsupportedNetwork
 from dwivae.kernel import CompiledForward, compiled_forward
@@ -261,8 +261,11 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
             # index_select into buffers: 5-10x faster than advanced indexing (noisy[idx]) here
             if order is not None:
                 idx = order[k * batch:(k + 1) * batch]
-                x = torch.index_select(noisy, 0, idx, out=x_buffer)
-                y = torch.index_select(clean, 0, torch.index_select(atom, 0, idx), out=y_buffer)
+                if isinstance(step, CompiledStep):  # the kernel reads the rows in place
+                    x, y = Rows(noisy, idx), Rows(clean, torch.index_select(atom, 0, idx))
+                else:
+                    x = torch.index_select(noisy, 0, idx, out=x_buffer)
+                    y = torch.index_select(clean, 0, torch.index_select(atom, 0, idx), out=y_buffer)
             else:
                 if fresh is not None:
                     y = torch.from_numpy(clean_atoms(acq, config.atoms, batch, rng=fresh, tensors=False,
