@@ -300,6 +300,13 @@ def builtin_protocol(name: str) -> Acquisition:
     return BUILTIN_PROTOCOLS[name]()
 
 
+def b0_means(signals: np.ndarray, acq: Acquisition) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the b0 volumes of each row of ``signals`` (M, N) and whether the row can be
+    normalised by it (finite values and ``S0 > 0``): ``(s0 (M,), valid (M,) bool)``."""
+    s0 = signals[:, acq.b0_mask].mean(axis=1)
+    return s0, np.isfinite(signals).all(axis=1) & (s0 > 0)
+
+
 def normalise_by_b0(signals: np.ndarray, acq: Acquisition) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Measured signals divided by their mean b0, as the models see them.
 
@@ -319,8 +326,7 @@ def normalise_by_b0(signals: np.ndarray, acq: Acquisition) -> tuple[np.ndarray, 
         Rows with finite values and ``S0 > 0``.
     """
     x = np.asarray(signals, dtype=np.float32)
-    s0 = x[:, acq.b0_mask].mean(axis=1)
-    valid = np.isfinite(x).all(axis=1) & (s0 > 0)
+    s0, valid = b0_means(x, acq)
     normalised = x.copy()
     normalised[valid] /= s0[valid, None]
     return normalised, s0, valid

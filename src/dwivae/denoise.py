@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from dwivae._version import __version__
-from dwivae.acquisition import Acquisition, normalise_by_b0
+from dwivae.acquisition import Acquisition, b0_means, normalise_by_b0
 from dwivae.checkpoint import model_fingerprint
 from dwivae.errors import InputError
 from dwivae.kernel import default_threads
@@ -129,8 +129,7 @@ def denoise_signals(
         raise InputError("posterior samples (--uncertainty) need a VAE; this model is a DAE")
     x = np.asarray(signals, dtype=np.float32)
     b0 = acq.b0_mask
-    s0 = x[:, b0].mean(axis=1)
-    valid = np.isfinite(x).all(axis=1) & (s0 > 0)
+    s0, valid = b0_means(x, acq)
     out = x.copy()
     std = np.zeros_like(x) if posterior_samples else None
     rows = np.flatnonzero(valid)
