@@ -169,10 +169,10 @@ int dwivae_train_step(const float *x, const float *y, const int64_t *x_rows, con
             for (int k = 0; k < VW; k++) mask[v][k] = (v * VW + k < m) ? 1.0f : 0.0f;
         load_tile(X, x, x_rows, s0, m, N);
         load_tile(Y, y, y_rows, s0, m, N);
-        if (x_rows && s0 + TT < n) {  /* rows read in place: fetch the next tile's meanwhile */
+        if (s0 + TT < n) {  /* rows read in place: fetch the next tile's meanwhile */
             const int next = (n - s0 - TT < TT) ? (int)(n - s0 - TT) : TT;
-            prefetch_rows(x, x_rows, s0 + TT, next, N);
-            prefetch_rows(y, y_rows, s0 + TT, next, N);
+            if (x_rows) prefetch_rows(x, x_rows, s0 + TT, next, N);
+            if (y_rows) prefetch_rows(y, y_rows, s0 + TT, next, N);
         }
         /* forward */
         const v8 *in = X;

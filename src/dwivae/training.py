@@ -243,7 +243,8 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
     batch = min(config.batch_size, epoch_size)
     steps = epoch_size // batch
     step = make_step(network, lr=config.lr, loss=config.loss)
-    x_buffer, y_buffer = torch.empty(batch, acq.n_volumes), torch.empty(batch, acq.n_volumes)
+    y_buffer = torch.empty(batch, acq.n_volumes)
+    shuffled = torch.empty_like(noisy) if config.samples_per_epoch is None else None
     b0 = torch.from_numpy(acq.b0_mask) if config.normalise == "b0" else None
     history: list[dict] = []
     train_seconds = 0.0
@@ -256,16 +257,18 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
         tick = time.perf_counter()
         rec_sum = torch.zeros(())
         kl_sum = torch.zeros(())
-        order = torch.randperm(epoch_size, generator=generator) if config.samples_per_epoch is None else None
+        if shuffled is not None:
+            # the epoch's order in one gather (0.4 s for the study's 1.4 GB): each batch is then a
+            # contiguous slice, where gathering 3000 random rows per step costs ~0.5 ms more
+            order = torch.randperm(epoch_size, generator=generator)
+            torch.index_select(noisy, 0, order, out=shuffled)
+            atom_order = torch.index_select(atom, 0, order)
         for k in range(steps):
             # index_select into buffers: 5-10x faster than advanced indexing (noisy[idx]) here
-            if order is not None:
-                idx = order[k * batch:(k + 1) * batch]
-                if isinstance(step, CompiledStep):  # the kernel reads the rows in place
-                    x, y = Rows(noisy, idx), Rows(clean, torch.index_select(atom, 0, idx))
-                else:
-                    x = torch.index_select(noisy, 0, idx, out=x_buffer)
-                    y = torch.index_select(clean, 0, torch.index_select(atom, 0, idx), out=y_buffer)
+            if shuffled is not None:
+                x, rows = shuffled[k * batch:(k + 1) * batch], atom_order[k * batch:(k + 1) * batch]
+                y = (Rows(clean, rows) if isinstance(step, CompiledStep)  # the kernel reads the rows in place
+                     else torch.index_select(clean, 0, rows, out=y_buffer))
             else:
                 if fresh is not None:
                     y = torch.from_numpy(clean_atoms(acq, config.atoms, batch, rng=fresh, tensors=False,
