@@ -110,7 +110,7 @@ def library() -> ctypes.CDLL | None:
     return _library()
 
 
-def merge_linear(stack: list[tuple[np.ndarray, np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+def merge_linear(stack: list[Layer]) -> list[Layer]:
     """Fold a linear layer with no activation into the next one where that takes fewer weights.
 
     The VAE's ``mu`` head (13 -> 7) and the decoder's first layer (7 -> 13) become one 13 -> 13
