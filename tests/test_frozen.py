@@ -107,3 +107,19 @@ def test_denoise_command_does_not_import_torch_unless_an_option_needs_it(trained
     np.testing.assert_array_equal(frozen, with_torch)  # both use the compiled forward pass
     sidecar = json.loads((tmp_path / "frozen.json").read_text())
     assert sidecar["ForwardPass"] == "compiled" and sidecar["Model"]["fingerprint"] == model_fingerprint(model)
+
+
+def test_what_a_frozen_model_cannot_do_is_refused_with_the_fix(tmp_path, acq, monkeypatch):
+    from dwivae.errors import InputError
+
+    model = saved(tmp_path, acq)
+    frozen = load_frozen(tmp_path / "model")
+    if frozen is None:
+        pytest.skip("no compiled kernel here")
+    data = np.random.default_rng(0).uniform(100, 1000, (3, 3, 3, acq.n_volumes)).astype(np.float32)
+    with pytest.raises(InputError, match="load_model"):
+        denoise(data, acq, frozen, spatial=2.0, sigma=10.0)
+    monkeypatch.setenv("DWIVAE_KERNEL", "torch")
+    with pytest.raises(InputError, match="load_model"):
+        denoise(data, acq, frozen)
+    assert denoise(data, acq, model).shape == data.shape  # the torch model does both

@@ -28,10 +28,11 @@ from dwivae.noise import (SIGMA_METHODS, central_slices, check_noise_model, esti
 from dwivae.simulate import add_noncentral_chi_noise
 from dwivae.spatial import smooth_codes
 
+from dwivae.frozen import FrozenModel
+
 if TYPE_CHECKING:
     import torch
 
-    from dwivae.frozen import FrozenModel
     from dwivae.training import TrainedModel
 
 Model = Union["TrainedModel", "FrozenModel"]
@@ -306,6 +307,18 @@ def learned_context_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: 
     return context_codes(latent, valid, model.context)
 
 
+def check_frozen(model: Model, *, spatial: float | None = None, uncertainty: int = 0) -> None:
+    """Refuse what a model read for the compiled forward pass alone cannot do."""
+    if not isinstance(model, FrozenModel):
+        return
+    if spatial is not None or uncertainty:
+        raise InputError("--spatial and --uncertainty run the network in torch: load the model with "
+                         "dwivae.load_model, not dwivae.load_frozen")
+    if model.compiled() is None:
+        raise InputError("the compiled kernel cannot run here (no C compiler, or DWIVAE_KERNEL=torch): load the "
+                         "model with dwivae.load_model")
+
+
 def check_context(model: Model, *, spatial: float | None) -> None:
     """Refuse a learned and a hand-set neighbourhood at once."""
     if spatial is not None and model.context is not None:
@@ -366,6 +379,7 @@ def denoise(
     if data.ndim != 4 or data.shape[-1] != acq.n_volumes:
         raise InputError(f"data of shape {data.shape} does not hold {acq.n_volumes} volumes on a 4th axis")
     check_protocol(model, acq)
+    check_frozen(model, spatial=spatial)
     if context:
         check_context(model, spatial=spatial)
     if bias_correct:
@@ -480,6 +494,7 @@ def denoise_file(
         raise InputError(f"{Path(dwi).name} has {img.shape[3]} volumes but the gradient files have "
                          f"{acq.n_volumes}: give the .bval/.bvec of this image")
     check_protocol(model, acq)
+    check_frozen(model, spatial=spatial, uncertainty=uncertainty)
     context = context and model.context is not None
     if context:
         check_context(model, spatial=spatial)
