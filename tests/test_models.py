@@ -44,3 +44,15 @@ def test_decoder_mirrors_encoder():
 def test_bad_config(kwargs, message):
     with pytest.raises(InputError, match=message):
         ModelConfig(**kwargs)
+
+
+def test_torch_free_config_names_match_the_torch_modules():
+    # dwivae.config validates names without importing torch; models and losses implement them
+    from dwivae.config import ACTIVATION_NAMES, LOSSES
+    from dwivae.frozen import MODULE_NAMES
+    from dwivae.losses import RECONSTRUCTION_LOSSES
+    from dwivae.models import ACTIVATIONS
+
+    assert tuple(ACTIVATIONS) == ACTIVATION_NAMES == tuple(MODULE_NAMES)
+    assert all(ACTIVATIONS[name].__name__ == MODULE_NAMES[name] for name in ACTIVATION_NAMES)
+    assert tuple(RECONSTRUCTION_LOSSES) == LOSSES

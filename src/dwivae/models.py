@@ -13,10 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dwivae.config import ACTIVATION_NAMES, ContextConfig, ModelConfig
+from dwivae.config import ContextConfig, ModelConfig
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU}
-assert tuple(ACTIVATIONS) == ACTIVATION_NAMES
 
 
 def _stack(widths: tuple[int, ...], activation: str) -> nn.Sequential:
