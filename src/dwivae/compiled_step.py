@@ -33,31 +33,6 @@ def _pointer(t: torch.Tensor | np.ndarray | None, ctype=ctypes.c_float):
     return ctypes.cast(address, ctypes.POINTER(ctype))
 
 
-class Rows:
-    """The rows ``index`` of a 2D tensor, for :class:`CompiledStep` to read in place (no gathered
-    copy of the batch): ``step(Rows(noisy, idx), Rows(clean, atom[idx]), eps, beta)``.
-
-    Parameters
-    ----------
-    source : (M, N) float32 tensor, contiguous
-    index : (B,) int64 tensor
-    """
-
-    def __init__(self, source: torch.Tensor, index: torch.Tensor) -> None:
-        self.source, self.index = source, index
-        self.shape = (len(index), source.shape[1])
-
-    def __getitem__(self, part: slice) -> Rows:
-        return Rows(self.source, self.index[part])
-
-
-def _rows(x: torch.Tensor | Rows, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(data, row index or None) of samples lo:hi for the kernel."""
-    if isinstance(x, Rows):
-        return x.source, x.index[lo:hi].contiguous()
-    return x[lo:hi].contiguous(), None
-
-
 class CompiledStep(FusedStep):
     """One optimisation step, ``step(x, y, eps, beta) -> (rec, kl)``, forward and backward in C.
 
@@ -91,12 +66,10 @@ class CompiledStep(FusedStep):
     def _run(self, lane, x, y, eps, lo: int, hi: int, kscale: float):
         """Samples lo:hi into the lane's gradient (written, not added). Returns (rec sum, KL sum)."""
         sums = np.zeros(2)
-        x, x_rows = _rows(x, lo, hi)
-        y, y_rows = _rows(y, lo, hi)
+        x, y = x[lo:hi].contiguous(), y[lo:hi].contiguous()
         eps = eps[lo:hi].contiguous() if eps is not None else None
         status = self._fn(
-            _pointer(x), _pointer(y), _pointer(x_rows, ctypes.c_int64), _pointer(y_rows, ctypes.c_int64),
-            _pointer(eps), hi - lo, len(self.layers), self.n_enc,
+            _pointer(x), _pointer(y), _pointer(eps), hi - lo, len(self.layers), self.n_enc,
             _pointer(self._n_in, ctypes.c_int), _pointer(self._n_out, ctypes.c_int), int(self.vae),
             ACTIVATIONS[self.act], float(self.act_param), LOSSES[self.loss], float(kscale),
             _pointer(self.flat_aug), _pointer(lane.grad), _pointer(sums, ctypes.c_double))

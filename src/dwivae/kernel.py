@@ -85,9 +85,8 @@ def _library() -> ctypes.CDLL | None:
     f32, i32 = (ctypes.POINTER(t) for t in (ctypes.c_float, ctypes.c_int))
     lib.dwivae_forward.argtypes = [f32, f32, f32, ctypes.c_int64, ctypes.c_int, i32, f32, i32]
     lib.dwivae_forward.restype = ctypes.c_int
-    i64 = ctypes.POINTER(ctypes.c_int64)
     lib.dwivae_train_step.argtypes = [
-        f32, f32, i64, i64, f32, ctypes.c_int64, ctypes.c_int, ctypes.c_int, i32, i32, ctypes.c_int,
+        f32, f32, f32, ctypes.c_int64, ctypes.c_int, ctypes.c_int, i32, i32, ctypes.c_int,
         ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_float, f32, f32, ctypes.POINTER(ctypes.c_double)]
     lib.dwivae_train_step.restype = ctypes.c_int
     lib.dwivae_median3d.argtypes = [f32, f32, *([ctypes.c_int] * 6)]

@@ -32,31 +32,16 @@ static inline float hsum(v8 a) {
     return s;
 }
 
-/* Row s of a (rows x width) matrix: src[rows[s]] if rows is given, else src[s]. */
-static inline const float *row_of(const float *src, const int64_t *rows, int64_t s, int width) {
-    return src + (rows ? rows[s] : s) * (int64_t)width;
-}
-
-/* Load rows first.. (m of them) of a matrix into a feature-major tile; rows past m are zero. */
-static void load_tile(v8 *dst, const float *src, const int64_t *rows, int64_t first, int m, int width) {
+/* Load rows first.. of a (rows x width) matrix into a feature-major tile; rows past m are zero. */
+static void load_tile(v8 *dst, const float *src, int64_t first, int m, int width) {
     float *t = (float *)dst;
     for (int s = 0; s < TT; s++) {
         if (s < m) {
-            const float *row = row_of(src, rows, first + s, width);
+            const float *row = src + (first + s) * (int64_t)width;
             for (int i = 0; i < width; i++) t[i * TT + s] = row[i];
         } else {
             for (int i = 0; i < width; i++) t[i * TT + s] = 0.0f;
         }
-    }
-}
-
-/* Ask for the cache lines of rows first.. (m of them), read in place from anywhere in a large
- * array, while the current tile computes. */
-static void prefetch_rows(const float *src, const int64_t *rows, int64_t first, int m, int width) {
-    for (int s = 0; s < m; s++) {
-        const float *row = row_of(src, rows, first + s, width);
-        for (int i = 0; i < width; i += 64 / (int)sizeof(float)) __builtin_prefetch(row + i);
-        __builtin_prefetch(row + width - 1);
     }
 }
 
@@ -123,14 +108,12 @@ static void backprop(v8 *ga, const v8 *g, const float *W, const v8 *a, int n_in,
 
 /* The gradient of the loss over n samples.
  *
- * x and y (n x N), or with x_rows / y_rows (n indices; NULL: 0..n-1) the rows x[x_rows[s]] and
- * y[y_rows[s]] of larger arrays, read in place; eps (n x latent; NULL: z = mu) for a VAE. n_in/n_out: each of the n_layers layers' sizes
+ * x and y (n x N), eps (n x latent; NULL: z = mu) for a VAE. n_in/n_out: each of the n_layers layers' sizes
  * (encoder, head, decoder in that order; the head has n_out = 2 * latent for a VAE). params and
  * grad: the [W | b] blocks. sums[0] += reconstruction loss, sums[1] += KL sum.
  * Returns 0, or -1 for sizes the kernel does not take.
  */
-int dwivae_train_step(const float *x, const float *y, const int64_t *x_rows, const int64_t *y_rows,
-                      const float *eps, int64_t n, int n_layers, int n_enc, const int *n_in,
+int dwivae_train_step(const float *x, const float *y, const float *eps, int64_t n, int n_layers, int n_enc, const int *n_in,
                       const int *n_out, int vae, int act, float slope, int loss, float kscale,
                       const float *params, float *grad, double *sums) {
     const int head = n_enc, latent = vae ? n_out[head] / 2 : n_out[head];
@@ -167,13 +150,8 @@ int dwivae_train_step(const float *x, const float *y, const int64_t *x_rows, con
         v8 mask[LD];
         for (int v = 0; v < LD; v++)
             for (int k = 0; k < VW; k++) mask[v][k] = (v * VW + k < m) ? 1.0f : 0.0f;
-        load_tile(X, x, x_rows, s0, m, N);
-        load_tile(Y, y, y_rows, s0, m, N);
-        if (s0 + TT < n) {  /* rows read in place: fetch the next tile's meanwhile */
-            const int next = (n - s0 - TT < TT) ? (int)(n - s0 - TT) : TT;
-            if (x_rows) prefetch_rows(x, x_rows, s0 + TT, next, N);
-            if (y_rows) prefetch_rows(y, y_rows, s0 + TT, next, N);
-        }
+        load_tile(X, x, s0, m, N);
+        load_tile(Y, y, s0, m, N);
         /* forward */
         const v8 *in = X;
         for (int l = 0; l < n_layers; l++) {
@@ -185,7 +163,7 @@ int dwivae_train_step(const float *x, const float *y, const int64_t *x_rows, con
             if (l == head) {
                 const v8 *H = out[l];
                 if (vae) {
-                    if (eps) load_tile(E, eps, NULL, s0, m, latent);
+                    if (eps) load_tile(E, eps, s0, m, latent);
                     v8 k_acc = splat(0.0f);
                     for (int r = 0; r < latent * LD; r++) {
                         const v8 mu = H[r], lv = H[latent * LD + r];
