@@ -25,7 +25,6 @@ import torch
 from dwivae.acquisition import Acquisition, normalise_by_b0
 from dwivae.dataset import seed_streams, torch_generator
 from dwivae.errors import InputError
-from dwivae.kernel import compiled_forward
 from dwivae.losses import reconstruction_loss
 from dwivae.models import ContextConfig, ContextNet, neighbour_offsets
 from dwivae.simulate import (STUDY_NOISE_LEVELS, ball_and_sticks_signals, random_ball_and_sticks,
@@ -171,7 +170,7 @@ def encode_neighbourhoods(model: TrainedModel, noisy: np.ndarray, valid: np.ndar
     normalised, _, ok = normalise_by_b0(signals, model.acquisition)
     ok &= valid.reshape(-1)
     codes = np.zeros((len(signals), model.model_config.latent), np.float32)
-    compiled = compiled_forward(model.network, "encoder")
+    compiled = model.compiled("encoder")
     codes[ok] = (compiled(normalised[ok], threads=torch.get_num_threads()) if compiled is not None
                  else model.network.encode(torch.from_numpy(normalised[ok]))[0].numpy())
     shape = noisy.shape[:2]
