@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from dwivae import kernel
-from dwivae.compiled_step import CompiledStep
+from dwivae.compiled_step import CompiledStep, shuffled_rows, standard_normals
 from dwivae.fused import UnsupportedNetwork
 from dwivae.models import ModelConfig, build_model
 from dwivae.training import AutogradStep
-from test_fused import _assert_same_weights, _batches, _run_both
+from test_fused import _assert_same_weights, _batches, _pair, _run_both
 from test_kernel import needs_compiler
 
 pytestmark = needs_compiler
@@ -71,3 +73,87 @@ def test_refuses_what_it_does_not_implement(monkeypatch):
     with pytest.raises(UnsupportedNetwork, match="no compiled kernel"):
         CompiledStep(build_model(ModelConfig()), lr=1e-3, loss="huber")
     assert kernel.library() is None
+
+
+def _eps_drawn(seed: int, n_steps: int, batch: int, first_step: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate([standard_normals(seed, first_step + k, batch, 7) for k in range(n_steps)]))
+
+
+def test_steps_read_shuffled_rows_in_place_and_draw_the_documented_eps():
+    # rows read in the keyed order, targets row % len(y), eps drawn in C == the same rows
+    # gathered beforehand and eps given
+    g = torch.Generator().manual_seed(0)
+    y_all = torch.rand(90, 32, generator=g)
+    x_all = (y_all.repeat(25, 1) + 0.1 * torch.randn(2250, 32, generator=g)).clamp_(min=0)
+    rows = torch.from_numpy(shuffled_rows(99, 2250, first=100, count=3 * 700).astype(np.int64))
+    nets = _pair("vae")
+    a = CompiledStep(nets[0], lr=1e-3, loss="huber").steps(x_all, y_all, batch=700, n_steps=3, beta=0.01,
+                                                          shuffle=99, first_sample=100, seed=7, first_step=5)
+    b = CompiledStep(nets[1], lr=1e-3, loss="huber").steps(x_all[rows], y_all[rows % 90], batch=700, n_steps=3,
+                                                          beta=0.01, eps=_eps_drawn(7, 3, 700, first_step=5))
+    assert a == b
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 64, 1000, 4**6 + 1])
+def test_shuffled_rows_are_a_permutation(n):
+    order = shuffled_rows(3, n)
+    assert np.array_equal(np.sort(order), np.arange(n))
+    assert np.array_equal(shuffled_rows(3, n, first=n // 2, count=n - n // 2), order[n // 2:])
+
+
+def test_shuffled_rows_depend_on_the_key_and_look_random():
+    a, b = shuffled_rows(1, 100_000), shuffled_rows(2, 100_000)
+    assert not np.array_equal(a, b)
+    assert abs(stats.spearmanr(a, np.arange(100_000))[0]) < 0.02  # no trace of the input order
+    assert abs(stats.spearmanr(a, b)[0]) < 0.02
+    assert np.mean(a[:50_000] < 50_000) == pytest.approx(0.5, abs=0.01)
+
+
+def test_many_steps_in_one_call_equal_one_call_per_step():
+    nets = _pair("vae")
+    batches = _batches("vae", 3, 700)
+    one = CompiledStep(nets[0], lr=1e-3, loss="huber")
+    for x, y, eps in batches:
+        one(x, y, eps, 0.01)
+    x, y, eps = (torch.cat([b[k] for b in batches]) for k in range(3))
+    CompiledStep(nets[1], lr=1e-3, loss="huber").steps(x, y, batch=700, n_steps=3, beta=0.01, eps=eps)
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(p, q)
+
+
+def test_the_number_of_threads_does_not_change_the_weights():
+    # a batch of 3000 is 6 chunks, which the threads take as they come free
+    nets = [build_model(ModelConfig()) for _ in range(3)]
+    for net in nets[1:]:
+        net.load_state_dict(nets[0].state_dict())
+    x, y, _ = _batches("vae", 1, 3000 * 2)[0]
+    results = [CompiledStep(net, lr=1e-3, loss="huber", lanes=lanes).steps(x, y, batch=3000, n_steps=2, beta=0.01, seed=3)
+               for net, lanes in zip(nets, (1, 2, 5))]
+    assert results[0] == results[1] == results[2]
+    for net in nets[1:]:
+        for p, q in zip(nets[0].parameters(), net.parameters()):
+            assert torch.equal(p, q)
+
+
+def test_standard_normals():
+    z = standard_normals(11, 4, 100_000, 7)
+    assert z.shape == (100_000, 7) and z.dtype == np.float32
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+    assert stats.kstest(z.ravel(), "norm").pvalue > 1e-3
+    assert abs(np.corrcoef(z.ravel()[:-1], z.ravel()[1:])[0, 1]) < 0.01
+    assert np.array_equal(z[:10], standard_normals(11, 4, 10, 7))
+    assert not np.array_equal(z[:10], standard_normals(11, 5, 10, 7))
+    assert not np.array_equal(z[:10], standard_normals(12, 4, 10, 7))
+
+
+def test_steps_refuse_rows_out_of_range():
+    step = CompiledStep(build_model(ModelConfig()), lr=1e-3, loss="huber")
+    x = torch.rand(100, 32)
+    with pytest.raises(ValueError, match="run past x's 100 rows"):
+        step.steps(x, x, batch=100, n_steps=2, beta=0.0)
+    with pytest.raises(ValueError, match="run past x's 100 rows"):
+        step.steps(x, x, batch=50, n_steps=2, beta=0.0, shuffle=1, first_sample=1)
+    with pytest.raises(ValueError, match="must be copies of y's 30 rows"):
+        step.steps(x, x[:30], batch=50, n_steps=2, beta=0.0)

@@ -19,8 +19,9 @@ from dwivae.simulate import (STUDY_NOISE_LEVELS, add_gaussian_noise, ball_and_st
 from dwivae.tensorfit import fit_tensor
 
 ATOM_SOURCES = ("grid", "random", "sticks", "mixed")
-STREAMS = ("split", "test_noise", "train", "init", "context")
-"""Independent random streams spawned from one seed, in this order."""
+STREAMS = ("split", "test_noise", "train", "init", "context", "eps", "order")
+"""Independent random streams spawned from one seed, in this order (a stream added at the end
+leaves the others as they were)."""
 
 
 def seed_streams(seed: int) -> dict[str, np.random.SeedSequence]:

@@ -1,7 +1,7 @@
-"""The compiled kernels: a forward pass for denoising, the gradient of a training step and the
-3D median filter of the brain mask, in C.
+"""The compiled kernels: a forward pass for denoising, the training steps and the 3D median
+filter of the brain mask, in C.
 
-``forward.c``, ``train_step.c`` (with ``simd.h``) and ``median.c`` are built with the system C
+``forward.c``, ``train_step.c``, ``train_loop.c`` (with their headers) and ``median.c`` are built with the system C
 compiler on first use into ``$XDG_CACHE_HOME/dwivae/kernels`` (``-O3 -march=native``, 0.3 s; keyed by the
 sources, the compiler and the CPU's feature flags) and loaded with ctypes, which releases the GIL,
 so chunks of voxels or samples run in parallel threads.
@@ -11,7 +11,7 @@ skinny matrix products and by one pass over memory per layer and activation. The
 take 32 (forward) or 128 (training) samples at a time through every layer with the activations
 kept in cache and vector registers, and a polynomial ``exp`` for ELU and the sigmoid (outputs
 agree with torch to ~1e-6). :func:`compiled_forward` wraps the forward pass;
-:class:`dwivae.compiled_step.CompiledStep` the training step.
+:class:`dwivae.compiled_step.CompiledStep` the training steps (threads of its own in C).
 
 Without a C compiler, or with ``DWIVAE_KERNEL=torch`` in the environment, :func:`library`
 returns None and callers use torch: same results up to float32 rounding, slower.
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-SOURCES = ("simd.h", "forward.c", "train_step.c", "median.c")
+SOURCES = ("simd.h", "counter_random.h", "train_step.h", "forward.c", "train_step.c", "train_loop.c", "median.c")
 """The kernel's C sources (package data); the .c files are compiled into one shared library."""
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-funroll-loops", "-std=gnu11", "-fPIC", "-shared")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-funroll-loops", "-std=gnu11", "-pthread", "-fPIC", "-shared")
 MAX_WIDTH = 1024
 """The widest layer the kernel takes (``MAXW`` in forward.c)."""
 ACTIVATION_CODES = {"ELU": 1, "Sigmoid": 2, "ReLU": 3, "LeakyReLU": 4}
@@ -85,10 +85,17 @@ def _library() -> ctypes.CDLL | None:
     f32, i32 = (ctypes.POINTER(t) for t in (ctypes.c_float, ctypes.c_int))
     lib.dwivae_forward.argtypes = [f32, f32, f32, ctypes.c_int64, ctypes.c_int, i32, f32, i32]
     lib.dwivae_forward.restype = ctypes.c_int
-    lib.dwivae_train_step.argtypes = [
-        f32, f32, f32, ctypes.c_int64, ctypes.c_int, ctypes.c_int, i32, i32, ctypes.c_int,
-        ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_float, f32, f32, ctypes.POINTER(ctypes.c_double)]
-    lib.dwivae_train_step.restype = ctypes.c_int
+    i64, f64 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_double)
+    c_int, c_i64, c_f, c_d = ctypes.c_int, ctypes.c_int64, ctypes.c_float, ctypes.c_double
+    u64, u32p = ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint32)
+    lib.dwivae_train_steps.argtypes = [
+        f32, c_i64, f32, c_i64, c_int, u64, c_i64, f32, c_int, u64, c_i64, c_i64, c_i64, c_int, c_int, i32, i32,
+        c_int, c_int, c_f, c_int, c_f, c_d, f32, f32, f32, i64, c_d, c_d, c_d, c_d, c_int, f64]
+    lib.dwivae_train_steps.restype = ctypes.c_int
+    lib.dwivae_normals.argtypes = [u64, c_i64, c_i64, c_int, f32]
+    lib.dwivae_normals.restype = None
+    lib.dwivae_shuffled_rows.argtypes = [u64, ctypes.c_uint32, c_i64, c_i64, u32p]
+    lib.dwivae_shuffled_rows.restype = None
     lib.dwivae_median3d.argtypes = [f32, f32, *([ctypes.c_int] * 6)]
     lib.dwivae_median3d.restype = ctypes.c_int
     return lib

@@ -25,17 +25,41 @@ static inline v8 vselect(v8i mask, v8 a, v8 b) {
     return (v8)((mask & (v8i)a) | (~mask & (v8i)b));
 }
 
-/* min, max and a select on the sign of m, with AVX intrinsics where the target has them. */
+/* min, max, a select on the sign of m and sqrt, with AVX intrinsics where the target has them. */
 #if defined(__AVX__)
 #include <immintrin.h>
 static inline v8 vmin(v8 a, v8 b) { return (v8)_mm256_min_ps((__m256)a, (__m256)b); }
 static inline v8 vmax(v8 a, v8 b) { return (v8)_mm256_max_ps((__m256)a, (__m256)b); }
 /* m < 0 ? a : b, on the sign bit of m (-0.0 counts as negative). */
 static inline v8 select_negative(v8 m, v8 a, v8 b) { return (v8)_mm256_blendv_ps((__m256)b, (__m256)a, (__m256)m); }
+static inline v8 vsqrt(v8 a) { return (v8)_mm256_sqrt_ps((__m256)a); }
+
+/* Rows 0..8 of r transposed in place: r[q][k] <- r[k][q]. */
+static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int k = 0; k < 4; k++) {
+        r[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+        r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+    }
+}
 #else
 static inline v8 vmin(v8 a, v8 b) { return vselect(a < b, a, b); }
 static inline v8 vmax(v8 a, v8 b) { return vselect(a > b, a, b); }
 static inline v8 select_negative(v8 m, v8 a, v8 b) { return vselect((v8i)m < 0, a, b); }
+static inline v8 vsqrt(v8 a) {
+    for (int k = 0; k < VW; k++) a[k] = __builtin_sqrtf(a[k]);
+    return a;
+}
 #endif
 
 /* 2^n * p(r) for x <= 0 (clamped at -80): n = round(x / ln2) through a truncating conversion

@@ -1,17 +1,12 @@
-/* Forward and backward of the VAE/DAE on a batch, a tile of samples at a time: the gradient of
- * one training step, for dwivae.kernel.CompiledStep (which applies Adam with torch).
- *
- * Layers are encoder (n_enc, activation act), head (mu, and logvar below it for a VAE; linear),
- * decoder (n_dec, activation act, the last one a sigmoid). Each layer's weights are one [W | b]
- * block, n_out x (n_in + 1), row-major: the layout of dwivae.fused.FusedStep's flat_aug. The
- * gradient is written in the same layout.
+/* Forward and backward of the VAE/DAE on a tile of samples: the gradient of a training step,
+ * summed tile by tile (train_loop.c runs the steps).
  *
  * Per tile (TT = 128 samples, feature-major, rows of LD vectors; the dense layers go through it
  * TILE samples at a time as in forward.c): the forward pass keeps every layer's output; the
- * backward pass accumulates each weight gradient in a vector of VW partial sums per weight
- * (summed across lanes once per call), 2 x 4 weights at a time over the tile's 128 samples, so
- * the accumulators are read and written once per tile. Samples past the end of the batch in the
- * last tile are masked out of the loss, the KL and the gradient.
+ * backward pass accumulates each weight gradient in a vector of VW partial sums per weight,
+ * 2 x 4 weights at a time over the tile's 128 samples, so the accumulators are read and written
+ * once per tile. Samples past the end of the batch in a last tile are masked out of the loss,
+ * the KL and the gradient.
  *
  * Loss: reconstruction summed over samples and volumes (huber with delta 1, mse, l1), its
  * gradient unscaled (the caller divides by the element count); KL summed as
@@ -19,30 +14,12 @@
  */
 #include <stdlib.h>
 
-#include "simd.h"
-
-#define TT 128                    /* samples per training tile */
-#define LD (TT / VW)              /* vectors per feature row of a training tile */
-
-enum { LOSS_HUBER = 0, LOSS_MSE = 1, LOSS_L1 = 2 };
+#include "train_step.h"
 
 static inline float hsum(v8 a) {
     float s = 0.0f;
     for (int k = 0; k < VW; k++) s += a[k];
     return s;
-}
-
-/* Load rows first.. of a (rows x width) matrix into a feature-major tile; rows past m are zero. */
-static void load_tile(v8 *dst, const float *src, int64_t first, int m, int width) {
-    float *t = (float *)dst;
-    for (int s = 0; s < TT; s++) {
-        if (s < m) {
-            const float *row = src + (first + s) * (int64_t)width;
-            for (int i = 0; i < width; i++) t[i * TT + s] = row[i];
-        } else {
-            for (int i = 0; i < width; i++) t[i * TT + s] = 0.0f;
-        }
-    }
 }
 
 /* gacc[j, i] += sum over the tile of g[j] * a[i] for JB x IB weights from (j, i), in registers. */
@@ -106,120 +83,155 @@ static void backprop(v8 *ga, const v8 *g, const float *W, const v8 *a, int n_in,
         }
 }
 
-/* The gradient of the loss over n samples.
- *
- * x and y (n x N), eps (n x latent; NULL: z = mu) for a VAE. n_in/n_out: each of the n_layers layers' sizes
- * (encoder, head, decoder in that order; the head has n_out = 2 * latent for a VAE). params and
- * grad: the [W | b] blocks. sums[0] += reconstruction loss, sums[1] += KL sum.
- * Returns 0, or -1 for sizes the kernel does not take.
- */
-int dwivae_train_step(const float *x, const float *y, const float *eps, int64_t n, int n_layers, int n_enc, const int *n_in,
-                      const int *n_out, int vae, int act, float slope, int loss, float kscale,
-                      const float *params, float *grad, double *sums) {
-    const int head = n_enc, latent = vae ? n_out[head] / 2 : n_out[head];
-    const int N = n_in[0];
-    if (n_layers > 64 || n_out[n_layers - 1] != N) return -1;
-    int64_t offset[65], n_params = 0, act_size = N;
+int net_init(Net *net, int n_layers, int n_enc, const int *n_in, const int *n_out, int vae, int act,
+             float slope, int loss, float kscale) {
+    if (n_layers < 2 || n_layers > MAX_LAYERS || n_enc < 0 || n_enc >= n_layers - 1) return -1;
+    *net = (Net){.n_layers = n_layers, .head = n_enc, .vae = vae, .act = act, .loss = loss, .slope = slope,
+                 .kscale = kscale, .n_in = n_in, .n_out = n_out, .n_volumes = n_in[0]};
+    net->latent = vae ? n_out[n_enc] / 2 : n_out[n_enc];
+    if (n_out[n_layers - 1] != n_in[0]) return -1;
+    int64_t n_params = 0;
     for (int l = 0; l < n_layers; l++) {
         if (n_in[l] < 1 || n_in[l] > MAXW || n_out[l] < 1 || n_out[l] > MAXW) return -1;
-        offset[l] = n_params;
+        net->offset[l] = n_params;
         n_params += (int64_t)n_out[l] * (n_in[l] + 1);
-        act_size += n_out[l];
+        net->hidden_rows += n_out[l];
+        const int wider = n_in[l] > n_out[l] ? n_in[l] : n_out[l];
+        net->widest = wider > net->widest ? wider : net->widest;
     }
-    offset[n_layers] = n_params;
-    /* tile buffers: every layer's output after x, then y, eps, z/std, two gradient rows */
-    const int64_t rows = act_size + N + 3 * latent + 2 * MAXW;
-    v8 *arena = aligned_alloc(sizeof(v8), (size_t)(rows * LD + n_params) * sizeof(v8));
-    if (!arena) return -2;
-    v8 *gacc = arena;
-    memset(gacc, 0, (size_t)n_params * sizeof(v8));
-    v8 *out[65];
-    v8 *p = gacc + n_params;
-    v8 *X = p; p += (int64_t)N * LD;
-    for (int l = 0; l < n_layers; l++) { out[l] = p; p += (int64_t)n_out[l] * LD; }
-    v8 *Y = p; p += (int64_t)N * LD;
-    v8 *E = p; p += (int64_t)latent * LD;
-    v8 *Z = p; p += (int64_t)latent * LD;
-    v8 *STD = p; p += (int64_t)latent * LD;
-    v8 *G0 = p; p += (int64_t)MAXW * LD;
-    v8 *G1 = p;
-    double rec = 0.0, kl = 0.0;
-
-    for (int64_t s0 = 0; s0 < n; s0 += TT) {
-        const int m = (n - s0 < TT) ? (int)(n - s0) : TT;
-        v8 mask[LD];
-        for (int v = 0; v < LD; v++)
-            for (int k = 0; k < VW; k++) mask[v][k] = (v * VW + k < m) ? 1.0f : 0.0f;
-        load_tile(X, x, s0, m, N);
-        load_tile(Y, y, s0, m, N);
-        /* forward */
-        const v8 *in = X;
-        for (int l = 0; l < n_layers; l++) {
-            const float *W = params + offset[l];
-            const int a = n_in[l], b = n_out[l];
-            const int layer_act = l == head ? ACT_NONE : (l == n_layers - 1 ? ACT_SIGMOID : act);
-            dense_layer(in, out[l], LD, W, a + 1, W + a, a + 1, a, b, layer_act, slope);
-            in = out[l];
-            if (l == head) {
-                const v8 *H = out[l];
-                if (vae) {
-                    if (eps) load_tile(E, eps, s0, m, latent);
-                    v8 k_acc = splat(0.0f);
-                    for (int r = 0; r < latent * LD; r++) {
-                        const v8 mu = H[r], lv = H[latent * LD + r];
-                        const v8 sd = vexp(splat(0.5f) * lv);
-                        STD[r] = sd;
-                        Z[r] = eps ? mu + sd * E[r] : mu;
-                        k_acc += mask[r % LD] * (mu * mu + sd * sd - splat(1.0f) - lv);
-                    }
-                    kl += hsum(k_acc);
-                    in = Z;
-                }
-            }
-        }
-        /* loss and its gradient at the sigmoid's input */
-        v8 *O = out[n_layers - 1], *g = G0;
-        v8 r_acc = splat(0.0f);
-        for (int r = 0; r < N * LD; r++) {
-            const v8 o = O[r], d = o - Y[r];
-            v8 gr;
-            if (loss == LOSS_HUBER) {
-                const v8 ad = vselect(d < splat(0.0f), -d, d);
-                r_acc += mask[r % LD] * vselect(ad < splat(1.0f), splat(0.5f) * d * d, ad - splat(0.5f));
-                gr = vselect(d > splat(1.0f), splat(1.0f), vselect(d < splat(-1.0f), splat(-1.0f), d));
-            } else if (loss == LOSS_MSE) {
-                r_acc += mask[r % LD] * d * d;
-                gr = d;
-            } else {
-                r_acc += mask[r % LD] * vselect(d < splat(0.0f), -d, d);
-                gr = vselect(d > splat(0.0f), splat(1.0f), vselect(d < splat(0.0f), splat(-1.0f), splat(0.0f)));
-            }
-            g[r] = gr * o * (splat(1.0f) - o) * mask[r % LD];
-        }
-        rec += hsum(r_acc);
-        /* backward: decoder, head, encoder */
-        for (int l = n_layers - 1; l >= 0; l--) {
-            const v8 *a = l == 0 ? X : (l == head + 1 && vae ? Z : out[l - 1]);
-            const int a_act = l == head + 1 || l == 0 ? ACT_NONE : act;
-            accumulate_weight_grad(gacc + offset[l], g, a, n_in[l], n_out[l]);
-            if (l == 0) break;
-            v8 *ga = g == G0 ? G1 : G0;
-            backprop(ga, g, params + offset[l], a, n_in[l], n_out[l], a_act, slope);
-            g = ga;
-            if (l == head + 1 && vae) {  /* through z = mu + std * eps, plus the KL term */
-                v8 *dh = g == G0 ? G1 : G0;
-                for (int r = 0; r < latent * LD; r++) {
-                    const v8 mu = out[head][r], sd = STD[r], km = splat(kscale) * mask[r % LD];
-                    dh[r] = g[r] + km * mu;
-                    dh[latent * LD + r] = splat(0.5f) * ((eps ? g[r] * E[r] * sd : splat(0.0f)) + km * (sd * sd - splat(1.0f)));
-                }
-                g = dh;
-            }
-        }
-    }
-    for (int64_t k = 0; k < n_params; k++) grad[k] = hsum(gacc[k]);
-    sums[0] += rec;
-    sums[1] += kl;
-    free(arena);
+    net->offset[n_layers] = n_params;
     return 0;
+}
+
+int tile_alloc(Tile *t, const Net *net) {
+    const int N = net->n_volumes, latent = net->latent;
+    const int64_t n_params = net->offset[net->n_layers];
+    /* rows: x, every layer's output, y, eps, z, std, two gradient rows, the mask */
+    const int64_t rows = N + net->hidden_rows + N + 3 * latent + 2 * net->widest + 1;
+    v8 *p = aligned_alloc(sizeof(v8), (size_t)(rows * LD + n_params) * sizeof(v8));
+    if (!p) return -1;
+    t->gacc = p; p += n_params;
+    t->x = p; p += (int64_t)N * LD;
+    for (int l = 0; l < net->n_layers; l++) { t->out[l] = p; p += (int64_t)net->n_out[l] * LD; }
+    t->y = p; p += (int64_t)N * LD;
+    t->eps = p; p += (int64_t)latent * LD;
+    t->z = p; p += (int64_t)latent * LD;
+    t->std = p; p += (int64_t)latent * LD;
+    t->g0 = p; p += (int64_t)net->widest * LD;
+    t->g1 = p; p += (int64_t)net->widest * LD;
+    t->mask = p;
+    return 0;
+}
+
+void tile_free(Tile *t) { free(t->gacc); }
+
+/* Where sample s of a tile is in src: row rows[s], or row first + s without rows. */
+static inline const float *row_of(const float *src, const uint32_t *rows, int64_t first, int s, int width) {
+    return src + (rows ? (int64_t)rows[s] : first + s) * (int64_t)width;
+}
+
+/* m samples into a feature-major tile (row i: TT samples), samples past m zero; sample s is
+ * src's row rows[s] (rows NULL: row first + s). */
+void load_rows(v8 *dst, const float *src, const uint32_t *rows, int64_t first, int m, int width) {
+    float *t = (float *)dst;
+    int i0 = 0;
+#if defined(__AVX__)
+    if (m == TT) {
+        for (; i0 + 8 <= width; i0 += 8)
+            for (int sb = 0; sb < TT; sb += 8) {
+                __m256 r[8];
+                for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(row_of(src, rows, first, sb + k, width) + i0);
+                transpose8(r);
+                for (int q = 0; q < 8; q++) _mm256_store_ps(t + (i0 + q) * TT + sb, r[q]);
+            }
+    }
+#endif
+    for (int s = 0; s < TT; s++) {
+        const float *row = s < m ? row_of(src, rows, first, s, width) : NULL;
+        for (int i = i0; i < width; i++) t[i * TT + s] = row ? row[i] : 0.0f;
+    }
+}
+
+/* Asks for the cache lines of the rows that load_rows would read. */
+void prefetch_rows(const float *src, const uint32_t *rows, int64_t first, int m, int width) {
+    for (int s = 0; s < m; s++) {
+        const char *row = (const char *)row_of(src, rows, first, s, width);
+        for (int64_t b = 0; b < (int64_t)width * (int64_t)sizeof(float); b += 64) __builtin_prefetch(row + b);
+        __builtin_prefetch(row + (int64_t)width * sizeof(float) - 1);
+    }
+}
+
+/* The gradient of the loss over the tile's first m samples (t->x, t->y, and t->eps with_eps for
+ * a VAE; without, z = mu), added to t->gacc; the loss and KL sums are added to *rec and *kl. */
+void tile_gradient(const Net *net, Tile *t, int m, int with_eps, const float *params, double *rec, double *kl) {
+    const int head = net->head, latent = net->latent, N = net->n_volumes, n_layers = net->n_layers;
+    const int *n_in = net->n_in, *n_out = net->n_out;
+    const float slope = net->slope, kscale = net->kscale;
+    const int vae = net->vae;
+    v8 *mask = t->mask;
+    for (int v = 0; v < LD; v++)
+        for (int k = 0; k < VW; k++) mask[v][k] = (v * VW + k < m) ? 1.0f : 0.0f;
+    /* forward */
+    const v8 *in = t->x;
+    for (int l = 0; l < n_layers; l++) {
+        const float *W = params + net->offset[l];
+        const int a = n_in[l], b = n_out[l];
+        const int layer_act = l == head ? ACT_NONE : (l == n_layers - 1 ? ACT_SIGMOID : net->act);
+        dense_layer(in, t->out[l], LD, W, a + 1, W + a, a + 1, a, b, layer_act, slope);
+        in = t->out[l];
+        if (l == head && vae) {
+            const v8 *H = t->out[l];
+            v8 k_acc = splat(0.0f);
+            for (int r = 0; r < latent * LD; r++) {
+                const v8 mu = H[r], lv = H[latent * LD + r];
+                const v8 sd = vexp(splat(0.5f) * lv);
+                t->std[r] = sd;
+                t->z[r] = with_eps ? mu + sd * t->eps[r] : mu;
+                k_acc += mask[r % LD] * (mu * mu + sd * sd - splat(1.0f) - lv);
+            }
+            *kl += hsum(k_acc);
+            in = t->z;
+        }
+    }
+    /* loss and its gradient at the sigmoid's input */
+    v8 *O = t->out[n_layers - 1], *g = t->g0;
+    const v8 *Y = t->y;
+    v8 r_acc = splat(0.0f);
+    for (int r = 0; r < N * LD; r++) {
+        const v8 o = O[r], d = o - Y[r];
+        v8 gr;
+        if (net->loss == LOSS_HUBER) {
+            const v8 ad = vselect(d < splat(0.0f), -d, d);
+            r_acc += mask[r % LD] * vselect(ad < splat(1.0f), splat(0.5f) * d * d, ad - splat(0.5f));
+            gr = vselect(d > splat(1.0f), splat(1.0f), vselect(d < splat(-1.0f), splat(-1.0f), d));
+        } else if (net->loss == LOSS_MSE) {
+            r_acc += mask[r % LD] * d * d;
+            gr = d;
+        } else {
+            r_acc += mask[r % LD] * vselect(d < splat(0.0f), -d, d);
+            gr = vselect(d > splat(0.0f), splat(1.0f), vselect(d < splat(0.0f), splat(-1.0f), splat(0.0f)));
+        }
+        g[r] = gr * o * (splat(1.0f) - o) * mask[r % LD];
+    }
+    *rec += hsum(r_acc);
+    /* backward: decoder, head, encoder */
+    for (int l = n_layers - 1; l >= 0; l--) {
+        const v8 *a = l == 0 ? t->x : (l == head + 1 && vae ? t->z : t->out[l - 1]);
+        const int a_act = l == head + 1 || l == 0 ? ACT_NONE : net->act;
+        accumulate_weight_grad(t->gacc + net->offset[l], g, a, n_in[l], n_out[l]);
+        if (l == 0) break;
+        v8 *ga = g == t->g0 ? t->g1 : t->g0;
+        backprop(ga, g, params + net->offset[l], a, n_in[l], n_out[l], a_act, slope);
+        g = ga;
+        if (l == head + 1 && vae) {  /* through z = mu + std * eps, plus the KL term */
+            v8 *dh = g == t->g0 ? t->g1 : t->g0;
+            for (int r = 0; r < latent * LD; r++) {
+                const v8 mu = t->out[head][r], sd = t->std[r], km = splat(kscale) * mask[r % LD];
+                dh[r] = g[r] + km * mu;
+                dh[latent * LD + r] = splat(0.5f) * ((with_eps ? g[r] * t->eps[r] * sd : splat(0.0f))
+                                                     + km * (sd * sd - splat(1.0f)));
+            }
+            g = dh;
+        }
+    }
 }

@@ -1,0 +1,128 @@
+/* Random numbers from counters, for the training loop: the VAE's eps and the order of the rows.
+ *
+ * Counter-based, so that any sample's draw can be made by whichever thread takes it.
+ *
+ * Normals: the number for counter c under key (k1, k2) is Box-Muller, z = sqrt(-2 ln u1) cos(2 pi u2), on two 24-bit
+ * uniforms u1 in (0, 1] and u2 in [0, 1) hashed from 2c and 2c + 1 (two rounds of the murmur3
+ * finaliser, the key mixed in between). log and cos are polynomial (Cephes' logf and cosf/sinf
+ * coefficients, relative error ~1e-7).
+ *
+ * Permutations: row i of a shuffled epoch of n rows is a 4-round Feistel network with hash32
+ * rounds on the 2h bits of i (4^h >= n), applied again until the result is below n (cycle
+ * walking): a keyed pseudo-random permutation, computed for any i without a table.
+ */
+#ifndef DWIVAE_COUNTER_RANDOM_H
+#define DWIVAE_COUNTER_RANDOM_H
+#include "simd.h"
+
+typedef uint32_t v8u __attribute__((vector_size(VW * sizeof(uint32_t)), aligned(VW * sizeof(uint32_t))));
+
+/* A 64-bit mix (splitmix64's finaliser): the key of a seed and a step. */
+static inline uint64_t mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static inline v8u vmin_u32(v8u a, v8u b) {
+    const v8u below = (v8u)(a < b);
+    return (below & a) | (~below & b);
+}
+
+static inline v8u fmix32(v8u h) {
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    return h ^ (h >> 16);
+}
+
+static inline v8u hash32(v8u c, uint32_t k1, uint32_t k2) { return fmix32(fmix32(c * 0x9E3779B9u + k1) ^ k2); }
+
+/* ln x for x in (0, 1]. */
+static inline v8 vlog_unit(v8 x) {
+    const v8i bits = (v8i)x;
+    v8 e = __builtin_convertvector((bits >> 23) - 126, v8);
+    v8 m = (v8)((bits & 0x007FFFFF) | 0x3F000000);          /* x = m 2^e, m in [0.5, 1) */
+    const v8i small = m < splat(0.70710678f);
+    e = vselect(small, e - splat(1.0f), e);
+    m = vselect(small, m + m, m) - splat(1.0f);              /* m - 1 in [-0.29, 0.41] */
+    const v8 z = m * m;
+    v8 y = splat(7.0376836292e-2f);
+    y = y * m - splat(1.1514610310e-1f);
+    y = y * m + splat(1.1676998740e-1f);
+    y = y * m - splat(1.2420140846e-1f);
+    y = y * m + splat(1.4249322787e-1f);
+    y = y * m - splat(1.6668057665e-1f);
+    y = y * m + splat(2.0000714765e-1f);
+    y = y * m - splat(2.4999993993e-1f);
+    y = y * m + splat(3.3333331174e-1f);
+    y = y * m * z - splat(2.12194440e-4f) * e - splat(0.5f) * z;
+    return m + y + splat(0.693359375f) * e;
+}
+
+/* cos(2 pi u) for u in [0, 1). */
+static inline v8 vcos_turn(v8 u) {
+    v8 a = vmin(u, splat(1.0f) - u);                      /* cos(2 pi u) = cos(2 pi a), a in [0, 1/2] */
+    const v8i flip = a > splat(0.25f);
+    a = vselect(flip, splat(0.5f) - a, a);                 /* cos(2 pi a) = -cos(2 pi (1/2 - a)) */
+    const v8i by_sin = a > splat(0.125f);
+    const v8 t = vselect(by_sin, splat(0.25f) - a, a) * splat(6.28318530717958648f);  /* in [0, pi/4] */
+    const v8 z = t * t;
+    const v8 s = ((splat(-1.9515295891e-4f) * z + splat(8.3321608736e-3f)) * z - splat(1.6666654611e-1f)) * z * t + t;
+    const v8 c = ((splat(2.443315711809948e-5f) * z - splat(1.388731625493765e-3f)) * z + splat(4.166664568298827e-2f)) * z * z
+                 - splat(0.5f) * z + splat(1.0f);
+    const v8 r = vselect(by_sin, s, c);
+    return vselect(flip, -r, r);
+}
+
+/* A keyed permutation of 0..n - 1 (n <= 2^31). */
+typedef struct {
+    uint32_t n, half_bits, half_mask;
+    uint32_t keys[4];
+} Shuffle;
+
+static inline Shuffle shuffle_init(uint64_t key, uint32_t n) {
+    Shuffle p = {.n = n, .half_bits = 1};
+    while (((uint64_t)1 << (2 * p.half_bits)) < n) p.half_bits++;
+    p.half_mask = (1u << p.half_bits) - 1u;
+    for (int k = 0; k < 4; k++) {
+        key = mix64(key);
+        p.keys[k] = (uint32_t)key;
+    }
+    return p;
+}
+
+static inline v8u feistel(const Shuffle *p, v8u x) {
+    v8u left = x >> p->half_bits, right = x & p->half_mask;
+    for (int k = 0; k < 4; k++) {
+        const v8u mixed = left ^ (fmix32(right * 0x9E3779B9u + p->keys[k]) & p->half_mask);
+        left = right;
+        right = mixed;
+    }
+    return (left << p->half_bits) | right;
+}
+
+/* The permutation of i (every lane below n). */
+static inline v8u shuffle_apply(const Shuffle *p, v8u i) {
+    const v8u n = {p->n, p->n, p->n, p->n, p->n, p->n, p->n, p->n};
+    v8u x = feistel(p, i);
+    for (;;) {
+        const v8u outside = (v8u)(x >= n);
+        uint32_t any = 0;
+        for (int k = 0; k < VW; k++) any |= outside[k];
+        if (!any) return x;
+        x = (outside & feistel(p, x)) | (~outside & x);
+    }
+}
+
+/* The standard normal numbers of counters c under key k. */
+static inline v8 normal_from_counter(v8u c, uint64_t k) {
+    const uint32_t k1 = (uint32_t)k, k2 = (uint32_t)(k >> 32);
+    const v8u h1 = hash32(c + c, k1, k2), h2 = hash32(c + c + 1u, k1, k2);
+    const v8 u1 = __builtin_convertvector((v8i)(h1 >> 8) + 1, v8) * splat(0x1p-24f);
+    const v8 u2 = __builtin_convertvector((v8i)(h2 >> 8), v8) * splat(0x1p-24f);
+    return vsqrt(splat(-2.0f) * vlog_unit(u1)) * vcos_turn(u2);
+}
+#endif
