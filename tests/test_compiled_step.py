@@ -143,6 +143,8 @@ def test_standard_normals():
     assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
     assert stats.kstest(z.ravel(), "norm").pvalue > 1e-3
     assert abs(np.corrcoef(z.ravel()[:-1], z.ravel()[1:])[0, 1]) < 0.01
+    assert abs(np.corrcoef(z[:, 0] ** 2, z[:, 1] ** 2)[0, 1]) < 0.02  # a Box-Muller pair is independent
+    assert all(stats.kstest(z[:, j], "norm").pvalue > 1e-3 for j in range(7))
     assert np.array_equal(z[:10], standard_normals(11, 4, 10, 7))
     assert not np.array_equal(z[:10], standard_normals(11, 5, 10, 7))
     assert not np.array_equal(z[:10], standard_normals(12, 4, 10, 7))

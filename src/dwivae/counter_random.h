@@ -2,10 +2,10 @@
  *
  * Counter-based, so that any sample's draw can be made by whichever thread takes it.
  *
- * Normals: the number for counter c under key (k1, k2) is Box-Muller, z = sqrt(-2 ln u1) cos(2 pi u2), on two 24-bit
- * uniforms u1 in (0, 1] and u2 in [0, 1) hashed from 2c and 2c + 1 (two rounds of the murmur3
- * finaliser, the key mixed in between). log and cos are polynomial (Cephes' logf and cosf/sinf
- * coefficients, relative error ~1e-7).
+ * Normals: the pair for counter c under key (k1, k2) is Box-Muller, sqrt(-2 ln u1) (cos, sin)(2 pi u2),
+ * on two 24-bit uniforms u1 in (0, 1] and u2 in [0, 1) hashed from 2c and 2c + 1 (two rounds of
+ * the murmur3 finaliser, the key mixed in between). log, sin and cos are polynomial (Cephes' logf
+ * and sinf/cosf coefficients, relative error ~1e-7).
  *
  * Permutations: row i of a shuffled epoch of n rows is a 4-round Feistel network with hash32
  * rounds on the 2h bits of i (4^h >= n), applied again until the result is below n (cycle
@@ -62,19 +62,19 @@ static inline v8 vlog_unit(v8 x) {
     return m + y + splat(0.693359375f) * e;
 }
 
-/* cos(2 pi u) for u in [0, 1). */
-static inline v8 vcos_turn(v8 u) {
-    v8 a = vmin(u, splat(1.0f) - u);                      /* cos(2 pi u) = cos(2 pi a), a in [0, 1/2] */
-    const v8i flip = a > splat(0.25f);
-    a = vselect(flip, splat(0.5f) - a, a);                 /* cos(2 pi a) = -cos(2 pi (1/2 - a)) */
-    const v8i by_sin = a > splat(0.125f);
-    const v8 t = vselect(by_sin, splat(0.25f) - a, a) * splat(6.28318530717958648f);  /* in [0, pi/4] */
+/* sin and cos of 2 pi u for u in [0, 1): u = k/4 + f with k the nearest quarter and |f| <= 1/8,
+ * the polynomials on 2 pi f, then a quarter turn k. */
+static inline void vsincos_turn(v8 u, v8 *sin_out, v8 *cos_out) {
+    const v8i k = __builtin_convertvector(u * splat(4.0f) + splat(0.5f), v8i);
+    const v8 t = (u - __builtin_convertvector(k, v8) * splat(0.25f)) * splat(6.28318530717958648f);
     const v8 z = t * t;
     const v8 s = ((splat(-1.9515295891e-4f) * z + splat(8.3321608736e-3f)) * z - splat(1.6666654611e-1f)) * z * t + t;
     const v8 c = ((splat(2.443315711809948e-5f) * z - splat(1.388731625493765e-3f)) * z + splat(4.166664568298827e-2f)) * z * z
                  - splat(0.5f) * z + splat(1.0f);
-    const v8 r = vselect(by_sin, s, c);
-    return vselect(flip, -r, r);
+    const v8i swap = -(k & 1);                             /* odd quarters swap sin and cos */
+    const v8i sin_sign = (v8i)(((v8u)k & 2u) << 30), cos_sign = (v8i)((((v8u)k + 1u) & 2u) << 30);
+    *sin_out = (v8)((v8i)vselect(swap, c, s) ^ sin_sign);
+    *cos_out = (v8)((v8i)vselect(swap, s, c) ^ cos_sign);
 }
 
 /* A keyed permutation of 0..n - 1 (n <= 2^31). */
@@ -117,12 +117,16 @@ static inline v8u shuffle_apply(const Shuffle *p, v8u i) {
     }
 }
 
-/* The standard normal numbers of counters c under key k. */
-static inline v8 normal_from_counter(v8u c, uint64_t k) {
+/* Two independent standard normal numbers for each counter c under key k (Box-Muller's pair). */
+static inline void normal_pair(v8u c, uint64_t k, v8 *first, v8 *second) {
     const uint32_t k1 = (uint32_t)k, k2 = (uint32_t)(k >> 32);
     const v8u h1 = hash32(c + c, k1, k2), h2 = hash32(c + c + 1u, k1, k2);
     const v8 u1 = __builtin_convertvector((v8i)(h1 >> 8) + 1, v8) * splat(0x1p-24f);
     const v8 u2 = __builtin_convertvector((v8i)(h2 >> 8), v8) * splat(0x1p-24f);
-    return vsqrt(splat(-2.0f) * vlog_unit(u1)) * vcos_turn(u2);
+    const v8 r = vsqrt(splat(-2.0f) * vlog_unit(u1));
+    v8 s, co;
+    vsincos_turn(u2, &s, &co);
+    *first = r * co;
+    *second = r * s;
 }
 #endif

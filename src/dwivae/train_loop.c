@@ -12,8 +12,9 @@
  * x's row r = i, or with `shuffled`, r = the permutation of i under shuffle_key (counter_random.h),
  * a new order of x's rows for each key, made on the fly. Its target is y's row r mod y_rows: x's
  * rows are noisy copies of y's, level after level (dwivae.dataset.noisy_copies). The VAE's eps
- * is given (row k * batch + s of eps), drawn (counter_random.h: counter s * latent + j under the
- * key mix64(seed ^ mix64(first_step + k))) or none (z = mu).
+ * is given (row k * batch + s of eps), drawn (counter_random.h: units j and j + 1 of sample s are
+ * the pair of counter s * latent + j, j even, under the key mix64(seed ^ mix64(first_step + k)))
+ * or none (z = mu).
  */
 #include <math.h>
 #include <pthread.h>
@@ -67,21 +68,29 @@ static inline v8u counters(uint32_t first, uint32_t stride) {
     return (v8u){first, first, first, first, first, first, first, first} + lane * stride;
 }
 
-/* eps of samples first.. (a tile) of the step with this key. */
+/* eps of samples first.. (a tile) of the step with this key: latent units j and j + 1 are the
+ * pair of counter s * latent + j for even j. */
 static void draw_eps(v8 *eps, uint64_t key, int64_t first, int latent) {
-    for (int j = 0; j < latent; j++)
-        for (int v = 0; v < LD; v++)
-            eps[j * LD + v] = normal_from_counter(counters((uint32_t)((first + v * VW) * latent + j), latent), key);
+    for (int j = 0; j < latent; j += 2)
+        for (int v = 0; v < LD; v++) {
+            v8 second;
+            normal_pair(counters((uint32_t)((first + v * VW) * latent + j), latent), key, &eps[j * LD + v], &second);
+            if (j + 1 < latent) eps[(j + 1) * LD + v] = second;
+        }
 }
 
 /* The normals that the VAE's eps of samples 0..n of a step gets from draw_eps: out (n x latent). */
 void dwivae_normals(uint64_t seed, int64_t step, int64_t n, int latent, float *out) {
     const uint64_t key = step_key(seed, step);
-    const int64_t count = n * latent;
-    for (int64_t c = 0; c < count; c += VW) {
-        const v8 z = normal_from_counter(counters((uint32_t)c, 1), key);
-        for (int k = 0; k < VW && c + k < count; k++) out[c + k] = z[k];
-    }
+    for (int64_t s = 0; s < n; s += VW)
+        for (int j = 0; j < latent; j += 2) {
+            v8 first, second;
+            normal_pair(counters((uint32_t)(s * latent + j), latent), key, &first, &second);
+            for (int k = 0; k < VW && s + k < n; k++) {
+                out[(s + k) * latent + j] = first[k];
+                if (j + 1 < latent) out[(s + k) * latent + j + 1] = second[k];
+            }
+        }
 }
 
 /* Rows first..first + count of the permutation of n rows under key: out (count,). */
@@ -104,8 +113,7 @@ static void tile_rows(const Loop *L, int64_t step, int64_t s0, int m, uint32_t *
     const int64_t first = L->first_sample + step * L->batch + s0;
     const v8u last = counters((uint32_t)(first + m - 1), 0);
     for (int s = 0; s < m; s += VW) {
-        v8u i = counters((uint32_t)(first + s), 1);
-        i = vmin_u32(i, last);
+        const v8u i = vmin_u32(counters((uint32_t)(first + s), 1), last);
         const v8u r = L->shuffled ? shuffle_apply(&L->shuffle, i) : i;
         for (int k = 0; k < VW && s + k < m; k++) {
             rows_x[s + k] = r[k];
@@ -124,13 +132,6 @@ static inline float hsum8(v8 a) {
 static inline void chunk_bounds(const Loop *L, int chunk, int64_t *lo, int64_t *hi) {
     *lo = (int64_t)chunk * L->chunk_tiles * TT;
     *hi = *lo + (int64_t)L->chunk_tiles * TT < L->batch ? *lo + (int64_t)L->chunk_tiles * TT : L->batch;
-}
-
-/* The rows of samples s0..s0 + m of a step into rows_x and rows_y, and their cache lines asked for. */
-static void prefetch_tile(const Loop *L, int64_t step, int64_t s0, int m, uint32_t *rows_x, uint32_t *rows_y) {
-    tile_rows(L, step, s0, m, rows_x, rows_y);
-    prefetch_rows(L->x, rows_x, 0, m, L->net.n_volumes);
-    prefetch_rows(L->y, rows_y, 0, m, L->net.n_volumes);
 }
 
 static inline int64_t take_ticket(Loop *L) { return atomic_fetch_add_explicit(&L->ticket, 1, memory_order_relaxed); }
@@ -158,19 +159,22 @@ static int64_t run_chunk(Loop *L, Worker *w, int64_t ticket) {
         const int m = tile_size(s0, hi);
         load_rows(t->x, L->x, rows_x, 0, m, N);
         load_rows(t->y, L->y, rows_y, 0, m, N);
+        Prefetch next_rows = {.x = L->x, .y = L->y, .rows_x = next_x, .rows_y = next_y, .width = N};
         if (s0 + TT < hi) {
-            prefetch_tile(L, step, s0 + TT, tile_size(s0 + TT, hi), next_x, next_y);
+            next_rows.m = tile_size(s0 + TT, hi);
+            tile_rows(L, step, s0 + TT, next_rows.m, next_x, next_y);
         } else {
             next = take_ticket(L);
             if (next < last) {
                 int64_t next_lo, next_hi;
                 chunk_bounds(L, (int)(next % L->n_chunks), &next_lo, &next_hi);
-                prefetch_tile(L, next / L->n_chunks, next_lo, tile_size(next_lo, next_hi), next_x, next_y);
+                next_rows.m = tile_size(next_lo, next_hi);
+                tile_rows(L, next / L->n_chunks, next_lo, next_rows.m, next_x, next_y);
             }
         }
         if (L->eps_mode == EPS_GIVEN) load_rows(t->eps, L->eps, NULL, step * L->batch + s0, m, latent);
         else if (L->eps_mode == EPS_DRAWN) draw_eps(t->eps, key, s0, latent);
-        tile_gradient(net, t, m, L->eps_mode != EPS_NONE, L->params, &rec, &kl);
+        tile_gradient(net, t, m, L->eps_mode != EPS_NONE, L->params, &next_rows, &rec, &kl);
         uint32_t *swap = rows_x; rows_x = next_x; next_x = swap;
         swap = rows_y; rows_y = next_y; next_y = swap;
     }
