@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dwivae import dataset
 from dwivae.dataset import noisy_copies, simulate_split, held_out_pairs
 from dwivae.errors import InputError
 
@@ -25,6 +26,17 @@ def test_noisy_copies_layout():
     np.testing.assert_array_equal(noisy[:5], clean)  # level 0 is the clean signal
     np.testing.assert_array_equal(atom, np.tile(np.arange(5), 2))
     np.testing.assert_array_equal(level, np.repeat([0, 1], 5))
+
+
+def test_noisy_copies_do_not_depend_on_the_threads(monkeypatch):
+    clean = np.random.default_rng(0).uniform(0.5, 1, (4000, 8)).astype(np.float32)
+    levels = np.array([0.0, 0.05, 0.1])
+    two, _, _ = noisy_copies(clean, levels, rng=np.random.default_rng(3))
+    monkeypatch.setattr(dataset, "default_threads", lambda: 1)
+    one, _, _ = noisy_copies(clean, levels, rng=np.random.default_rng(3))
+    np.testing.assert_array_equal(one, two)
+    for k, sigma in enumerate(levels[1:], start=1):  # each level has its own noise level
+        assert np.std(two[k * 4000:(k + 1) * 4000] - clean) == pytest.approx(sigma, rel=0.02)
 
 
 def test_test_pairs_reproducible(acq):

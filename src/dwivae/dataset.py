@@ -7,6 +7,7 @@ Signals are normalised by S0 (S0 = 1 in simulation), so they lie in [0, 1] befor
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,8 @@ import torch
 
 from dwivae.acquisition import Acquisition
 from dwivae.errors import InputError
-from dwivae.simulate import (STUDY_NOISE_LEVELS, add_gaussian_noise, ball_and_sticks_signals,
+from dwivae.kernel import default_threads
+from dwivae.simulate import (STUDY_NOISE_LEVELS, ball_and_sticks_signals,
                              random_ball_and_sticks, random_tensors, study_grid, tensor_signals)
 from dwivae.tensorfit import fit_tensor
 
@@ -142,6 +144,10 @@ def noisy_copies(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every clean signal once at every noise level, as the study built its data set.
 
+    Each level's noise comes from its own generator spawned from ``rng``, so that the levels are
+    drawn in parallel threads (numpy releases the GIL) with the same result on any number of them.
+    Noise as :func:`dwivae.simulate.add_gaussian_noise`: negative values set to 0.
+
     Returns
     -------
     noisy : (M * L, N) ndarray, float32
@@ -152,9 +158,19 @@ def noisy_copies(
         Index of each row's noise level.
     """
     m, n_levels = len(clean), len(noise_levels)
+    clean = np.asarray(clean, dtype=np.float32)
     noisy = np.empty((m * n_levels, clean.shape[1]), dtype=np.float32)
-    for k, sigma in enumerate(noise_levels):
-        noisy[k * m:(k + 1) * m] = add_gaussian_noise(clean, float(sigma), rng=rng)
+    level_rngs = rng.spawn(n_levels)
+
+    def fill(k: int) -> None:
+        out = noisy[k * m:(k + 1) * m]
+        level_rngs[k].standard_normal(out=out, dtype=np.float32)
+        out *= np.float32(noise_levels[k])
+        out += clean
+        np.maximum(out, 0.0, out=out)
+
+    with ThreadPoolExecutor(min(default_threads(), n_levels) or 1) as pool:
+        list(pool.map(fill, range(n_levels)))
     atom = np.tile(np.arange(m), n_levels)
     level = np.repeat(np.arange(n_levels), m)
     return noisy, atom, level
