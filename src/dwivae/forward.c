@@ -43,39 +43,6 @@ static inline void tile_out(float *y, const float *t, int64_t s0, int m, int n_o
         for (int i = i0; i < n_out; i++) y[(s0 + s) * n_out + i] = t[i * TILE + s];
 }
 
-/* Rows j, j + 1 of a layer on a tile (rows of NV = 4 vectors): out = act(b + W . in), with the
- * eight accumulators as named variables, which GCC keeps in registers with the inputs loaded
- * once per input feature (the generic dense_layer of simd.h, which also serves the training
- * tiles, runs ~8 % slower here). */
-_Static_assert(NV == 4, "forward_row_pair names four vectors per row");
-
-static inline void forward_row_pair(const v8 *in, v8 *out, const float *W, const float *b, int j, int n_in,
-                                    int act) {
-    const float *w0 = W + (int64_t)j * n_in, *w1 = w0 + n_in;
-    v8 a0 = splat(b[j]), a1 = a0, a2 = a0, a3 = a0;
-    v8 c0 = splat(b[j + 1]), c1 = c0, c2 = c0, c3 = c0;
-    for (int i = 0; i < n_in; i++) {
-        const v8 *x = in + (int64_t)i * NV;
-        const v8 x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
-        const v8 u = splat(w0[i]), w = splat(w1[i]);
-        a0 += u * x0; a1 += u * x1; a2 += u * x2; a3 += u * x3;
-        c0 += w * x0; c1 += w * x1; c2 += w * x2; c3 += w * x3;
-    }
-    v8 *o = out + (int64_t)j * NV;
-    o[0] = activate(a0, act, 0.01f); o[1] = activate(a1, act, 0.01f);
-    o[2] = activate(a2, act, 0.01f); o[3] = activate(a3, act, 0.01f);
-    o[4] = activate(c0, act, 0.01f); o[5] = activate(c1, act, 0.01f);
-    o[6] = activate(c2, act, 0.01f); o[7] = activate(c3, act, 0.01f);
-}
-
-/* A whole layer on a tile: row pairs, then dense_row for an odd last row. */
-static inline void forward_layer(const v8 *in, v8 *out, const float *W, const float *b, int n_in, int n_out,
-                                 int act) {
-    int j = 0;
-    for (; j + 2 <= n_out; j += 2) forward_row_pair(in, out, W, b, j, n_in, act);
-    if (j < n_out) dense_row(in, out, NV, W, n_in, b, 1, j, n_in, act, 0.01f);
-}
-
 /* y[s, :] = network(x[s, :] / scale[s]) * scale[s] for s < n (scale may be NULL: 1).
  *
  * widths has n_layers + 1 entries; params holds, layer after layer, W (n_out x n_in, row-major)
@@ -102,7 +69,7 @@ int dwivae_forward(const float *x, const float *scale, float *y, int64_t n, int 
         const float *p = params;
         for (int l = 0; l < n_layers; l++) {
             const int a = widths[l], b = widths[l + 1];
-            forward_layer(in, out, p, p + (int64_t)a * b, a, b, acts[l]);
+            dense_layer(in, out, NV, p, a, p + (int64_t)a * b, 1, a, b, acts[l], 0.01f);
             p += (int64_t)a * b + b;
             v8 *swap = in; in = out; out = swap;
         }

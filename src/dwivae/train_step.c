@@ -64,12 +64,30 @@ static void accumulate_weight_grad(v8 *gacc, const v8 *g, const v8 *a, int n_in,
 }
 
 /* ga[i] = (sum_j W[j, i] g[j]) * act'(a[i]) for i < n_in: the gradient at the layer's input,
- * through the activation that produced it (a is that activation's output; ACT_NONE: none). */
+ * through the activation that produced it (a is that activation's output; ACT_NONE: none). Two
+ * inputs at a time, their eight accumulators named so that GCC keeps them in registers. */
 static void backprop(v8 *ga, const v8 *g, const float *W, const v8 *a, int n_in, int n_out, int act,
                      float slope) {
     const int ldw = n_in + 1;
-    for (int v0 = 0; v0 < LD; v0 += NV)
-        for (int i = 0; i < n_in; i++) {
+    for (int v0 = 0; v0 < LD; v0 += NV) {
+        int i = 0;
+        for (; i + 2 <= n_in; i += 2) {
+            v8 a0 = splat(0.0f), a1 = a0, a2 = a0, a3 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0;
+            for (int j = 0; j < n_out; j++) {
+                const v8 *gj = g + (int64_t)j * LD + v0;
+                const v8 g0 = gj[0], g1 = gj[1], g2 = gj[2], g3 = gj[3];
+                const v8 u = splat(W[(int64_t)j * ldw + i]), w = splat(W[(int64_t)j * ldw + i + 1]);
+                a0 += u * g0; a1 += u * g1; a2 += u * g2; a3 += u * g3;
+                c0 += w * g0; c1 += w * g1; c2 += w * g2; c3 += w * g3;
+            }
+            const v8 acc[2][NV] = {{a0, a1, a2, a3}, {c0, c1, c2, c3}};
+            for (int r = 0; r < 2; r++)
+                for (int v = 0; v < NV; v++) {
+                    const int64_t k = (int64_t)(i + r) * LD + v0 + v;
+                    ga[k] = acc[r][v] * activation_grad(a[k], act, slope);
+                }
+        }
+        for (; i < n_in; i++) {
             v8 acc[NV];
             for (int v = 0; v < NV; v++) acc[v] = splat(0.0f);
             for (int j = 0; j < n_out; j++) {
@@ -77,10 +95,11 @@ static void backprop(v8 *ga, const v8 *g, const float *W, const v8 *a, int n_in,
                 for (int v = 0; v < NV; v++) acc[v] += c * g[(int64_t)j * LD + v0 + v];
             }
             for (int v = 0; v < NV; v++) {
-                const int64_t r = (int64_t)i * LD + v0 + v;
-                ga[r] = act == ACT_NONE ? acc[v] : acc[v] * activation_grad(a[r], act, slope);
+                const int64_t k = (int64_t)i * LD + v0 + v;
+                ga[k] = acc[v] * activation_grad(a[k], act, slope);
             }
         }
+    }
 }
 
 int net_init(Net *net, int n_layers, int n_enc, const int *n_in, const int *n_out, int vae, int act,
