@@ -39,6 +39,14 @@ def test_noisy_copies_do_not_depend_on_the_threads(monkeypatch):
         assert np.std(two[k * 4000:(k + 1) * 4000] - clean) == pytest.approx(sigma, rel=0.02)
 
 
+@pytest.mark.parametrize("rows", [1, 7, 1000])
+def test_aligned_empty_starts_on_a_cache_line(rows):
+    a = dataset.aligned_empty((rows, 32))
+    assert a.ctypes.data % 64 == 0 and a.shape == (rows, 32) and a.dtype == np.float32 and a.flags.c_contiguous
+    noisy, _, _ = noisy_copies(np.ones((rows, 32), np.float32), np.array([0.0, 0.1]), rng=np.random.default_rng(0))
+    assert noisy.ctypes.data % 64 == 0
+
+
 def test_test_pairs_reproducible(acq):
     split = simulate_split(acq, seed=2, atoms="random", n_atoms=500)
     x1, _, _ = held_out_pairs(split, seed=2)

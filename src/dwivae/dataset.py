@@ -139,6 +139,16 @@ def simulate_split(
                           np.asarray(noise_levels, dtype=np.float32))
 
 
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32, alignment: int = 64) -> np.ndarray:
+    """An uninitialised C-ordered array whose data starts on an ``alignment``-byte boundary: rows
+    of 32 float32 then span two cache lines, not three (the compiled training step reads the
+    study's 10.6 M noisy rows at random)."""
+    itemsize = np.dtype(dtype).itemsize
+    buffer = np.empty(int(np.prod(shape)) * itemsize + alignment, dtype=np.uint8)
+    start = -buffer.ctypes.data % alignment
+    return buffer[start:start + int(np.prod(shape)) * itemsize].view(dtype).reshape(shape)
+
+
 def noisy_copies(
     clean: np.ndarray, noise_levels: np.ndarray, *, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -159,7 +169,7 @@ def noisy_copies(
     """
     m, n_levels = len(clean), len(noise_levels)
     clean = np.asarray(clean, dtype=np.float32)
-    noisy = np.empty((m * n_levels, clean.shape[1]), dtype=np.float32)
+    noisy = aligned_empty((m * n_levels, clean.shape[1]))
     level_rngs = rng.spawn(n_levels)
 
     def fill(k: int) -> None:

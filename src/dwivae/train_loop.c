@@ -56,7 +56,7 @@ typedef struct {
 typedef struct {
     Loop *loop;
     Tile tile;
-    uint32_t rows[4][TT];         /* x and y rows of the tile, then of the next one */
+    uint32_t rows_x[TT], rows_y[TT];  /* the tile's rows of x and y */
     pthread_t thread;
     int started;
 } Worker;
@@ -128,61 +128,34 @@ static inline float hsum8(v8 a) {
     return s;
 }
 
-/* Where chunk `chunk` of a step starts and ends, in samples of the batch. */
-static inline void chunk_bounds(const Loop *L, int chunk, int64_t *lo, int64_t *hi) {
-    *lo = (int64_t)chunk * L->chunk_tiles * TT;
-    *hi = *lo + (int64_t)L->chunk_tiles * TT < L->batch ? *lo + (int64_t)L->chunk_tiles * TT : L->batch;
-}
-
 static inline int64_t take_ticket(Loop *L) { return atomic_fetch_add_explicit(&L->ticket, 1, memory_order_relaxed); }
 
-static inline int tile_size(int64_t s0, int64_t hi) { return hi - s0 < TT ? (int)(hi - s0) : TT; }
-
-/* The gradient, loss and KL of the chunk of `ticket`, into the chunk's buffers. The rows of each
- * next tile are prefetched while a tile is computed; before its last tile, the thread takes its
- * next ticket, so that the first rows of that chunk come in too. Returns that next ticket. */
-static int64_t run_chunk(Loop *L, Worker *w, int64_t ticket) {
+/* The gradient, loss and KL of the chunk of `ticket`, into the chunk's buffers. */
+static void run_chunk(Loop *L, Worker *w, int64_t ticket) {
     const Net *net = &L->net;
     Tile *t = &w->tile;
     const int N = net->n_volumes, latent = net->latent;
-    const int64_t n_params = net->offset[net->n_layers], last = L->n_steps * L->n_chunks;
+    const int64_t n_params = net->offset[net->n_layers];
     const int64_t step = ticket / L->n_chunks;
     const int chunk = (int)(ticket % L->n_chunks);
-    int64_t lo, hi, next = -1;
-    chunk_bounds(L, chunk, &lo, &hi);
+    const int64_t lo = (int64_t)chunk * L->chunk_tiles * TT;
+    const int64_t hi = lo + (int64_t)L->chunk_tiles * TT < L->batch ? lo + (int64_t)L->chunk_tiles * TT : L->batch;
     const uint64_t key = step_key(L->seed, L->first_step + step);
     double rec = 0.0, kl = 0.0;
-    uint32_t *rows_x = w->rows[0], *rows_y = w->rows[1], *next_x = w->rows[2], *next_y = w->rows[3];
-    tile_rows(L, step, lo, tile_size(lo, hi), rows_x, rows_y);
     memset(t->gacc, 0, (size_t)n_params * sizeof(v8));
     for (int64_t s0 = lo; s0 < hi; s0 += TT) {
-        const int m = tile_size(s0, hi);
-        load_rows(t->x, L->x, rows_x, 0, m, N);
-        load_rows(t->y, L->y, rows_y, 0, m, N);
-        Prefetch next_rows = {.x = L->x, .y = L->y, .rows_x = next_x, .rows_y = next_y, .width = N};
-        if (s0 + TT < hi) {
-            next_rows.m = tile_size(s0 + TT, hi);
-            tile_rows(L, step, s0 + TT, next_rows.m, next_x, next_y);
-        } else {
-            next = take_ticket(L);
-            if (next < last) {
-                int64_t next_lo, next_hi;
-                chunk_bounds(L, (int)(next % L->n_chunks), &next_lo, &next_hi);
-                next_rows.m = tile_size(next_lo, next_hi);
-                tile_rows(L, next / L->n_chunks, next_lo, next_rows.m, next_x, next_y);
-            }
-        }
+        const int m = hi - s0 < TT ? (int)(hi - s0) : TT;
+        tile_rows(L, step, s0, m, w->rows_x, w->rows_y);
+        load_rows(t->x, L->x, w->rows_x, 0, m, N);
+        load_rows(t->y, L->y, w->rows_y, 0, m, N);
         if (L->eps_mode == EPS_GIVEN) load_rows(t->eps, L->eps, NULL, step * L->batch + s0, m, latent);
         else if (L->eps_mode == EPS_DRAWN) draw_eps(t->eps, key, s0, latent);
-        tile_gradient(net, t, m, L->eps_mode != EPS_NONE, L->params, &next_rows, &rec, &kl);
-        uint32_t *swap = rows_x; rows_x = next_x; next_x = swap;
-        swap = rows_y; rows_y = next_y; next_y = swap;
+        tile_gradient(net, t, m, L->eps_mode != EPS_NONE, L->params, &rec, &kl);
     }
     float *grad = L->chunk_grad + (int64_t)chunk * n_params;
     for (int64_t k = 0; k < n_params; k++) grad[k] = hsum8(t->gacc[k]);
     L->chunk_sums[2 * chunk] = rec;
     L->chunk_sums[2 * chunk + 1] = kl;
-    return next;
 }
 
 /* The chunks' gradients added in order, then one step of Adam as torch takes it (the gradient
@@ -218,18 +191,17 @@ static inline void pause_briefly(void) {
 /* Takes chunks until every step is done; the thread that completes a step updates the weights. */
 static void work(Loop *L, Worker *w) {
     const int64_t last = L->n_steps * L->n_chunks;
-    for (int64_t ticket = take_ticket(L); ticket < last;) {
+    for (int64_t ticket = take_ticket(L); ticket < last; ticket = take_ticket(L)) {
         const int64_t step = ticket / L->n_chunks;
         for (int spins = 0; atomic_load_explicit(&L->ready, memory_order_acquire) <= step; spins++) {
             if (spins < 4096) pause_briefly();
             else sched_yield();
         }
-        const int64_t next = run_chunk(L, w, ticket);
+        run_chunk(L, w, ticket);
         if (atomic_fetch_add_explicit(&L->completed, 1, memory_order_acq_rel) + 1 == (step + 1) * L->n_chunks) {
             update(L);
             atomic_store_explicit(&L->ready, step + 2, memory_order_release);
         }
-        ticket = next;
     }
 }
 

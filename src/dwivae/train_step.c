@@ -171,29 +171,9 @@ void load_rows(v8 *dst, const float *src, const uint32_t *rows, int64_t first, i
     }
 }
 
-/* Asks for the cache lines of the rows that load_rows would read. */
-void prefetch_rows(const float *src, const uint32_t *rows, int64_t first, int m, int width) {
-    for (int s = 0; s < m; s++) {
-        const char *row = (const char *)row_of(src, rows, first, s, width);
-        for (int64_t b = 0; b < (int64_t)width * (int64_t)sizeof(float); b += 64) __builtin_prefetch(row + b);
-        __builtin_prefetch(row + (int64_t)width * sizeof(float) - 1);
-    }
-}
-
-/* The next per_call rows of a prefetch (all that are left with all). */
-static void prefetch_some(Prefetch *p, int all) {
-    if (!p || p->done >= p->m) return;
-    const int n = all || p->m - p->done < p->per_call ? p->m - p->done : p->per_call;
-    prefetch_rows(p->x, p->rows_x + p->done, 0, n, p->width);
-    prefetch_rows(p->y, p->rows_y + p->done, 0, n, p->width);
-    p->done += n;
-}
-
 /* The gradient of the loss over the tile's first m samples (t->x, t->y, and t->eps with_eps for
- * a VAE; without, z = mu), added to t->gacc; the loss and KL sums are added to *rec and *kl. The
- * rows of `next` (may be NULL) are prefetched along the way, a few at every layer. */
-void tile_gradient(const Net *net, Tile *t, int m, int with_eps, const float *params, Prefetch *next, double *rec,
-                   double *kl) {
+ * a VAE; without, z = mu), added to t->gacc; the loss and KL sums are added to *rec and *kl. */
+void tile_gradient(const Net *net, Tile *t, int m, int with_eps, const float *params, double *rec, double *kl) {
     const int head = net->head, latent = net->latent, N = net->n_volumes, n_layers = net->n_layers;
     const int *n_in = net->n_in, *n_out = net->n_out;
     const float slope = net->slope, kscale = net->kscale;
@@ -202,10 +182,8 @@ void tile_gradient(const Net *net, Tile *t, int m, int with_eps, const float *pa
     for (int v = 0; v < LD; v++)
         for (int k = 0; k < VW; k++) mask[v][k] = (v * VW + k < m) ? 1.0f : 0.0f;
     /* forward */
-    if (next) next->per_call = (next->m + 2 * n_layers - 1) / (2 * n_layers);
     const v8 *in = t->x;
     for (int l = 0; l < n_layers; l++) {
-        prefetch_some(next, 0);
         const float *W = params + net->offset[l];
         const int a = n_in[l], b = n_out[l];
         const int layer_act = l == head ? ACT_NONE : (l == n_layers - 1 ? ACT_SIGMOID : net->act);
@@ -248,7 +226,6 @@ void tile_gradient(const Net *net, Tile *t, int m, int with_eps, const float *pa
     *rec += hsum(r_acc);
     /* backward: decoder, head, encoder */
     for (int l = n_layers - 1; l >= 0; l--) {
-        prefetch_some(next, 0);
         const v8 *a = l == 0 ? t->x : (l == head + 1 && vae ? t->z : t->out[l - 1]);
         const int a_act = l == head + 1 || l == 0 ? ACT_NONE : net->act;
         accumulate_weight_grad(t->gacc + net->offset[l], g, a, n_in[l], n_out[l]);
@@ -267,5 +244,4 @@ void tile_gradient(const Net *net, Tile *t, int m, int with_eps, const float *pa
             g = dh;
         }
     }
-    prefetch_some(next, 1);
 }

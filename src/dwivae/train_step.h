@@ -28,20 +28,10 @@ typedef struct {
     v8 *gacc, *mask;
 } Tile;
 
-/* The rows of the next tile, asked of the cache a few at a time while a tile is computed: a
- * whole tile's rows at once fill the CPU's miss buffers and stall it. */
-typedef struct {
-    const float *x, *y;
-    const uint32_t *rows_x, *rows_y;
-    int m, width, done, per_call;
-} Prefetch;
-
 int net_init(Net *net, int n_layers, int n_enc, const int *n_in, const int *n_out, int vae, int act,
              float slope, int loss, float kscale);
 int tile_alloc(Tile *t, const Net *net);
 void tile_free(Tile *t);
 void load_rows(v8 *dst, const float *src, const uint32_t *rows, int64_t first, int m, int width);
-void prefetch_rows(const float *src, const uint32_t *rows, int64_t first, int m, int width);
-void tile_gradient(const Net *net, Tile *t, int m, int with_eps, const float *params, Prefetch *next, double *rec,
-                   double *kl);
+void tile_gradient(const Net *net, Tile *t, int m, int with_eps, const float *params, double *rec, double *kl);
 #endif

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from dwivae.acquisition import Acquisition
-from dwivae.dataset import (SimulatedSplit, clean_atoms, noisy_copies, seed_streams, simulate_split,
-                            held_out_pairs, torch_generator)
+from dwivae.dataset import (SimulatedSplit, aligned_empty, clean_atoms, noisy_copies, seed_streams,
+                            simulate_split, held_out_pairs, torch_generator)
 from dwivae.compiled_step import CompiledStep
 from dwivae.config import PRESETS, TrainConfig
 from dwivae.fused import FusedStep, UnsupportedNetwork
@@ -251,6 +251,9 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
     in_place = config.samples_per_epoch is None and isinstance(step, CompiledStep)
     eps_seed = int(streams["eps"].generate_state(1, dtype=np.uint64)[0]) if arch == "vae" else None
     order_keys = [int(k) for k in streams["order"].generate_state(config.epochs, dtype=np.uint64)]
+    if in_place:  # rows on 64-byte boundaries: two cache lines each
+        clean_rows = torch.from_numpy(aligned_empty(split.train_clean.shape))
+        clean_rows.copy_(clean)
     epoch_x = epoch_y = None
     if config.samples_per_epoch is None and not in_place:
         epoch_x, epoch_y = torch.empty_like(noisy), torch.empty_like(noisy)
@@ -265,7 +268,7 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
         step.lr = config.lr_at(epoch)
         tick = time.perf_counter()
         if in_place:
-            recon, kl_mean = step.steps(noisy, clean, batch=batch, n_steps=steps, beta=kl_weight,
+            recon, kl_mean = step.steps(noisy, clean_rows, batch=batch, n_steps=steps, beta=kl_weight,
                                         shuffle=order_keys[epoch - 1], seed=eps_seed, first_step=(epoch - 1) * steps)
         else:
             rec_sum = torch.zeros(())
