@@ -5,6 +5,7 @@ import pytest
 
 from dwivae import dataset
 from dwivae.dataset import noisy_copies, simulate_split, held_out_pairs
+from test_kernel import needs_compiler
 from dwivae.errors import InputError
 
 
@@ -45,6 +46,22 @@ def test_aligned_empty_starts_on_a_cache_line(rows):
     assert a.ctypes.data % 64 == 0 and a.shape == (rows, 32) and a.dtype == np.float32 and a.flags.c_contiguous
     noisy, _, _ = noisy_copies(np.ones((rows, 32), np.float32), np.array([0.0, 0.1]), rng=np.random.default_rng(0))
     assert noisy.ctypes.data % 64 == 0
+
+
+@needs_compiler
+def test_counter_noisy_copies(monkeypatch):
+    clean = np.random.default_rng(0).uniform(0.5, 1, (3001, 32)).astype(np.float32)
+    levels = np.array([0.0, 0.05, 0.3])
+    noisy = dataset.counter_noisy_copies(clean, levels, seed=5)
+    assert noisy.shape == (3 * 3001, 32) and noisy.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(noisy[:3001], clean)  # level 0 is the clean signal
+    assert np.std(noisy[3001:6002] - clean) == pytest.approx(0.05, rel=0.02)
+    assert noisy.min() == 0.0 and (noisy >= 0).all()  # sigma 0.3 reaches below 0: clipped
+    noise = (noisy[3001:6002] - clean).ravel()
+    assert abs(np.corrcoef(noise[:-1], noise[1:])[0, 1]) < 0.02
+    monkeypatch.setattr(dataset, "default_threads", lambda: 1)
+    np.testing.assert_array_equal(dataset.counter_noisy_copies(clean, levels, seed=5), noisy)
+    assert not np.array_equal(dataset.counter_noisy_copies(clean, levels, seed=6), noisy)
 
 
 def test_test_pairs_reproducible(acq):

@@ -17,6 +17,12 @@
 
 typedef uint32_t v8u __attribute__((vector_size(VW * sizeof(uint32_t)), aligned(VW * sizeof(uint32_t))));
 
+/* The 8 counters first, first + stride, ... */
+static inline v8u counters(uint32_t first, uint32_t stride) {
+    const v8u lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    return (v8u){first, first, first, first, first, first, first, first} + lane * stride;
+}
+
 /* A 64-bit mix (splitmix64's finaliser): the key of a seed and a step. */
 static inline uint64_t mix64(uint64_t z) {
     z += 0x9E3779B97F4A7C15ull;

@@ -7,6 +7,7 @@ Signals are normalised by S0 (S0 = 1 in simulation), so they lie in [0, 1] befor
 """
 from __future__ import annotations
 
+import ctypes
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -15,13 +16,13 @@ import torch
 
 from dwivae.acquisition import Acquisition
 from dwivae.errors import InputError
-from dwivae.kernel import default_threads
+from dwivae.kernel import default_threads, library
 from dwivae.simulate import (STUDY_NOISE_LEVELS, ball_and_sticks_signals,
                              random_ball_and_sticks, random_tensors, study_grid, tensor_signals)
 from dwivae.tensorfit import fit_tensor
 
 ATOM_SOURCES = ("grid", "random", "sticks", "mixed")
-STREAMS = ("split", "test_noise", "train", "init", "context", "eps", "order")
+STREAMS = ("split", "test_noise", "train", "init", "context", "eps", "order", "noise")
 """Independent random streams spawned from one seed, in this order (a stream added at the end
 leaves the others as they were)."""
 
@@ -184,6 +185,24 @@ def noisy_copies(
     atom = np.tile(np.arange(m), n_levels)
     level = np.repeat(np.arange(n_levels), m)
     return noisy, atom, level
+
+
+def counter_noisy_copies(clean: np.ndarray, noise_levels: np.ndarray, *, seed: int) -> np.ndarray | None:
+    """:func:`noisy_copies`' noisy rows (level-major), the noise drawn in C from counters under
+    ``seed`` (``noisy_copies.c``, Box-Muller pairs) on every CPU: ~0.3 s for the study's 10.6 M
+    rows where numpy takes ~3 s. Rows on 64-byte boundaries. None where the kernel cannot be built."""
+    lib = library()
+    if lib is None:
+        return None
+    clean = np.ascontiguousarray(clean, dtype=np.float32)
+    sigma = np.ascontiguousarray(noise_levels, dtype=np.float32)
+    out = aligned_empty((len(clean) * len(sigma), clean.shape[1]))
+    f32 = ctypes.POINTER(ctypes.c_float)
+    status = lib.dwivae_noisy_copies(clean.ctypes.data_as(f32), len(clean), clean.shape[1], sigma.ctypes.data_as(f32),
+                                     len(sigma), seed & (2**64 - 1), out.ctypes.data_as(f32), default_threads())
+    if status != 0:
+        raise InputError(f"{out.size} noise values are more than the kernel's 2^32 counters: simulate fewer atoms")
+    return out
 
 
 def held_out_pairs(

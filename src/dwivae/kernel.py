@@ -1,7 +1,8 @@
 """The compiled kernels: a forward pass for denoising, the training steps and the 3D median
 filter of the brain mask, in C.
 
-``forward.c``, ``train_step.c``, ``train_loop.c`` (with their headers) and ``median.c`` are built with the system C
+``forward.c``, ``train_step.c``, ``train_loop.c``, ``noisy_copies.c`` (with their headers) and
+``median.c`` are built with the system C
 compiler on first use into ``$XDG_CACHE_HOME/dwivae/kernels`` (``-O3 -march=native``, 0.3 s; keyed by the
 sources, the compiler and the CPU's feature flags) and loaded with ctypes, which releases the GIL,
 so chunks of voxels or samples run in parallel threads.
@@ -32,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-SOURCES = ("simd.h", "counter_random.h", "train_step.h", "forward.c", "train_step.c", "train_loop.c", "median.c")
+SOURCES = ("simd.h", "counter_random.h", "train_step.h", "forward.c", "train_step.c", "train_loop.c", "noisy_copies.c",
+           "median.c")
 """The kernel's C sources (package data); the .c files are compiled into one shared library."""
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-funroll-loops", "-std=gnu11", "-pthread", "-fPIC", "-shared")
 MAX_WIDTH = 1024
@@ -96,6 +98,8 @@ def _library() -> ctypes.CDLL | None:
     lib.dwivae_normals.restype = None
     lib.dwivae_shuffled_rows.argtypes = [u64, ctypes.c_uint32, c_i64, c_i64, u32p]
     lib.dwivae_shuffled_rows.restype = None
+    lib.dwivae_noisy_copies.argtypes = [f32, c_i64, c_int, f32, c_int, u64, f32, c_int]
+    lib.dwivae_noisy_copies.restype = ctypes.c_int
     lib.dwivae_median3d.argtypes = [f32, f32, *([ctypes.c_int] * 6)]
     lib.dwivae_median3d.restype = ctypes.c_int
     return lib

@@ -63,11 +63,6 @@ typedef struct {
 
 static uint64_t step_key(uint64_t seed, int64_t step) { return mix64(seed ^ mix64((uint64_t)step)); }
 
-static inline v8u counters(uint32_t first, uint32_t stride) {
-    const v8u lane = {0, 1, 2, 3, 4, 5, 6, 7};
-    return (v8u){first, first, first, first, first, first, first, first} + lane * stride;
-}
-
 /* eps of samples first.. (a tile) of the step with this key: latent units j and j + 1 are the
  * pair of counter s * latent + j for even j. */
 static void draw_eps(v8 *eps, uint64_t key, int64_t first, int latent) {

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from dwivae.acquisition import Acquisition
-from dwivae.dataset import (SimulatedSplit, aligned_empty, clean_atoms, noisy_copies, seed_streams,
-                            simulate_split, held_out_pairs, torch_generator)
+from dwivae.dataset import (SimulatedSplit, aligned_empty, clean_atoms, counter_noisy_copies, noisy_copies,
+                            seed_streams, simulate_split, held_out_pairs, torch_generator)
 from dwivae.compiled_step import CompiledStep
 from dwivae.config import PRESETS, TrainConfig
 from dwivae.fused import FusedStep, UnsupportedNetwork
@@ -232,28 +232,29 @@ def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: Train
     clean = torch.from_numpy(split.train_clean)
     sigmas = torch.from_numpy(split.noise_levels)
     test_noisy, test_clean = _monitor_pairs(split, config, seed)
-    if config.samples_per_epoch is None:
+    step = make_step(network, lr=config.lr, loss=config.loss)
+    # The study's fixed set of pairs, in a new order each epoch. The compiled step reads each
+    # batch's rows in place, in an order it makes on the fly from the epoch's key, and draws eps
+    # in C: one call per epoch, nothing in Python between steps; its pairs' noise is drawn in C
+    # too. Other steps get numpy's noise and the epoch's pairs gathered into two buffers first
+    # (~1 s for the study's 2 x 1.4 GB), each batch a slice.
+    in_place = config.samples_per_epoch is None and isinstance(step, CompiledStep)
+    if in_place:
+        noisy = torch.from_numpy(counter_noisy_copies(split.train_clean, split.noise_levels,
+                                                      seed=int(streams["noise"].generate_state(1, np.uint64)[0])))
+        clean_rows = torch.from_numpy(aligned_empty(split.train_clean.shape))  # two cache lines a row
+        clean_rows.copy_(clean)
+    elif config.samples_per_epoch is None:
         noisy, atom, _ = noisy_copies(split.train_clean, split.noise_levels,
                                       rng=np.random.default_rng(streams["train"]))
         noisy, atom = torch.from_numpy(noisy), torch.from_numpy(atom)
-        epoch_size = len(noisy)
-    else:
-        epoch_size = config.samples_per_epoch
+    epoch_size = len(noisy) if config.samples_per_epoch is None else config.samples_per_epoch
     fresh = np.random.default_rng(streams["train"].spawn(1)[0]) if config.fresh_atoms else None
     batch = min(config.batch_size, epoch_size)
     steps = epoch_size // batch
-    step = make_step(network, lr=config.lr, loss=config.loss)
     y_buffer = torch.empty(batch, acq.n_volumes)
-    # The study's fixed set of pairs, in a new order each epoch. The compiled step reads each
-    # batch's rows in place, in an order it makes on the fly from the epoch's key, and draws eps
-    # in C: one call per epoch, nothing in Python between steps. Other steps get the epoch's pairs
-    # gathered into two buffers first (~1 s for the study's 2 x 1.4 GB), each batch a slice.
-    in_place = config.samples_per_epoch is None and isinstance(step, CompiledStep)
     eps_seed = int(streams["eps"].generate_state(1, dtype=np.uint64)[0]) if arch == "vae" else None
     order_keys = [int(k) for k in streams["order"].generate_state(config.epochs, dtype=np.uint64)]
-    if in_place:  # rows on 64-byte boundaries: two cache lines each
-        clean_rows = torch.from_numpy(aligned_empty(split.train_clean.shape))
-        clean_rows.copy_(clean)
     epoch_x = epoch_y = None
     if config.samples_per_epoch is None and not in_place:
         epoch_x, epoch_y = torch.empty_like(noisy), torch.empty_like(noisy)
