@@ -46,14 +46,14 @@ With torch ops alone the floor is the GEMMs, about 1.3 ms per 3000 samples per c
 samples/s); :class:`~dwivae.compiled_step.CompiledStep` replaces them by a C kernel that keeps a
 tile of samples in cache through all layers (1.8 M samples/s per lane, 3.0 M on 2 lanes).
 
-``train()``'s loop around the step costs as much again and does not depend on the step: per
-batch, the study preset gathers 3000 random rows of its 1.4 GB noisy copy (cache and TLB misses)
-plus their clean atoms (0.6 ms); the default preset draws 4096 x 32 normals with ``torch.randn``
-(4-7 ns each, 0.6-0.9 ms), gathers 4096 atoms and adds the noise (1.5-2 ms in all). Moving the
-gather and the noise into the step would not make them cheaper. And the loop's ops follow
-torch's thread setting: with the default 2 threads, while another job held a core, they took
-31 ms a batch instead of 1.3 ms (default preset: 0.06 M samples/s against 0.48 M with
-``torch.set_num_threads(1)``), so train on one thread on a shared machine.
+With this step, ``train()``'s loop around it costs as much again: per batch, the study preset's
+epoch buffers are sliced (their gather costs ~1 s an epoch); the default preset draws 4096 x 32
+normals with ``torch.randn`` (4-7 ns each, 0.6-0.9 ms), gathers 4096 atoms and adds the noise
+(1.5-2 ms in all). (:meth:`~dwivae.compiled_step.CompiledStep.steps` runs the study preset's
+epochs in C instead, rows read in place.) And the loop's ops follow torch's thread setting: with
+the default 2 threads, while another job held a core, they took 31 ms a batch instead of 1.3 ms
+(default preset: 0.06 M samples/s against 0.48 M with ``torch.set_num_threads(1)``), so train on
+one thread on a shared machine.
 
 It is deterministic: same network, same batches, same ``lanes`` and ``chunk`` give bit-identical
 weights (every op is single-threaded, the reduction order is fixed). Results differ from
