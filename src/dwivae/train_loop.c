@@ -125,27 +125,31 @@ static inline float hsum8(v8 a) {
 
 static inline int64_t take_ticket(Loop *L) { return atomic_fetch_add_explicit(&L->ticket, 1, memory_order_relaxed); }
 
-/* The gradient, loss and KL of the chunk of `ticket`, into the chunk's buffers. */
-static void run_chunk(Loop *L, Worker *w, int64_t ticket) {
+/* Samples s0..s0 + m of a step into the worker's tile: rows, inputs, targets and eps, none of
+ * which depends on the weights. */
+static void prepare_tile(const Loop *L, Worker *w, int64_t step, int64_t s0, int m) {
+    const int N = L->net.n_volumes, latent = L->net.latent;
+    Tile *t = &w->tile;
+    tile_rows(L, step, s0, m, w->rows_x, w->rows_y);
+    load_rows(t->x, L->x, w->rows_x, 0, m, N);
+    load_rows(t->y, L->y, w->rows_y, 0, m, N);
+    if (L->eps_mode == EPS_GIVEN) load_rows(t->eps, L->eps, NULL, step * L->batch + s0, m, latent);
+    else if (L->eps_mode == EPS_DRAWN) draw_eps(t->eps, step_key(L->seed, L->first_step + step), s0, latent);
+}
+
+static inline int tile_size(int64_t s0, int64_t hi) { return hi - s0 < TT ? (int)(hi - s0) : TT; }
+
+/* The gradient, loss and KL of samples lo..hi (a chunk) of a step, into the chunk's buffers; its
+ * first tile is prepared already. */
+static void run_chunk(Loop *L, Worker *w, int64_t step, int chunk, int64_t lo, int64_t hi) {
     const Net *net = &L->net;
     Tile *t = &w->tile;
-    const int N = net->n_volumes, latent = net->latent;
     const int64_t n_params = net->offset[net->n_layers];
-    const int64_t step = ticket / L->n_chunks;
-    const int chunk = (int)(ticket % L->n_chunks);
-    const int64_t lo = (int64_t)chunk * L->chunk_tiles * TT;
-    const int64_t hi = lo + (int64_t)L->chunk_tiles * TT < L->batch ? lo + (int64_t)L->chunk_tiles * TT : L->batch;
-    const uint64_t key = step_key(L->seed, L->first_step + step);
     double rec = 0.0, kl = 0.0;
     memset(t->gacc, 0, (size_t)n_params * sizeof(v8));
     for (int64_t s0 = lo; s0 < hi; s0 += TT) {
-        const int m = hi - s0 < TT ? (int)(hi - s0) : TT;
-        tile_rows(L, step, s0, m, w->rows_x, w->rows_y);
-        load_rows(t->x, L->x, w->rows_x, 0, m, N);
-        load_rows(t->y, L->y, w->rows_y, 0, m, N);
-        if (L->eps_mode == EPS_GIVEN) load_rows(t->eps, L->eps, NULL, step * L->batch + s0, m, latent);
-        else if (L->eps_mode == EPS_DRAWN) draw_eps(t->eps, key, s0, latent);
-        tile_gradient(net, t, m, L->eps_mode != EPS_NONE, L->params, &rec, &kl);
+        if (s0 > lo) prepare_tile(L, w, step, s0, tile_size(s0, hi));
+        tile_gradient(net, t, tile_size(s0, hi), L->eps_mode != EPS_NONE, L->params, &rec, &kl);
     }
     float *grad = L->chunk_grad + (int64_t)chunk * n_params;
     for (int64_t k = 0; k < n_params; k++) grad[k] = hsum8(t->gacc[k]);
@@ -188,11 +192,15 @@ static void work(Loop *L, Worker *w) {
     const int64_t last = L->n_steps * L->n_chunks;
     for (int64_t ticket = take_ticket(L); ticket < last; ticket = take_ticket(L)) {
         const int64_t step = ticket / L->n_chunks;
+        const int chunk = (int)(ticket % L->n_chunks);
+        const int64_t lo = (int64_t)chunk * L->chunk_tiles * TT;
+        const int64_t hi = lo + (int64_t)L->chunk_tiles * TT < L->batch ? lo + (int64_t)L->chunk_tiles * TT : L->batch;
+        prepare_tile(L, w, step, lo, tile_size(lo, hi));  /* while the step before may still be updated */
         for (int spins = 0; atomic_load_explicit(&L->ready, memory_order_acquire) <= step; spins++) {
             if (spins < 4096) pause_briefly();
             else sched_yield();
         }
-        run_chunk(L, w, ticket);
+        run_chunk(L, w, step, chunk, lo, hi);
         if (atomic_fetch_add_explicit(&L->completed, 1, memory_order_acq_rel) + 1 == (step + 1) * L->n_chunks) {
             update(L);
             atomic_store_explicit(&L->ready, step + 2, memory_order_release);
