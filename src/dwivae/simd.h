@@ -21,6 +21,13 @@ enum { ACT_NONE = 0, ACT_ELU = 1, ACT_SIGMOID = 2, ACT_RELU = 3, ACT_LEAKY_RELU 
 
 static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
 
+/* The sum of a vector's lanes. */
+static inline float hsum(v8 a) {
+    float s = 0.0f;
+    for (int k = 0; k < VW; k++) s += a[k];
+    return s;
+}
+
 static inline v8 vselect(v8i mask, v8 a, v8 b) {
     return (v8)((mask & (v8i)a) | (~mask & (v8i)b));
 }

@@ -117,12 +117,6 @@ static void tile_rows(const Loop *L, int64_t step, int64_t s0, int m, uint32_t *
     }
 }
 
-static inline float hsum8(v8 a) {
-    float s = 0.0f;
-    for (int k = 0; k < VW; k++) s += a[k];
-    return s;
-}
-
 static inline int64_t take_ticket(Loop *L) { return atomic_fetch_add_explicit(&L->ticket, 1, memory_order_relaxed); }
 
 /* Samples s0..s0 + m of a step into the worker's tile: rows, inputs, targets and eps, none of
@@ -152,7 +146,7 @@ static void run_chunk(Loop *L, Worker *w, int64_t step, int chunk, int64_t lo, i
         tile_gradient(net, t, tile_size(s0, hi), L->eps_mode != EPS_NONE, L->params, &rec, &kl);
     }
     float *grad = L->chunk_grad + (int64_t)chunk * n_params;
-    for (int64_t k = 0; k < n_params; k++) grad[k] = hsum8(t->gacc[k]);
+    for (int64_t k = 0; k < n_params; k++) grad[k] = hsum(t->gacc[k]);
     L->chunk_sums[2 * chunk] = rec;
     L->chunk_sums[2 * chunk + 1] = kl;
 }

@@ -16,12 +16,6 @@
 
 #include "train_step.h"
 
-static inline float hsum(v8 a) {
-    float s = 0.0f;
-    for (int k = 0; k < VW; k++) s += a[k];
-    return s;
-}
-
 /* gacc[j, i] += sum over the tile of g[j] * a[i] for JB x IB weights from (j, i), in registers. */
 #define WEIGHT_GRAD_BLOCK(JB, IB, NAME)                                                         \
     static inline void NAME(v8 *gacc, int ldg, const v8 *g, const v8 *a, int j, int i) {       \
