@@ -1,4 +1,4 @@
-/* Random numbers from counters, for the training loop: the VAE's eps and the order of the rows.
+/* Random numbers from counters, for training: the VAE's eps, the epochs' orders and the study set's noise.
  *
  * Counter-based, so that any sample's draw can be made by whichever thread takes it.
  *

@@ -189,8 +189,9 @@ def noisy_copies(
 
 def counter_noisy_copies(clean: np.ndarray, noise_levels: np.ndarray, *, seed: int) -> np.ndarray | None:
     """:func:`noisy_copies`' noisy rows (level-major), the noise drawn in C from counters under
-    ``seed`` (``noisy_copies.c``, Box-Muller pairs) on every CPU: ~0.3 s for the study's 10.6 M
-    rows where numpy takes ~3 s. Rows on 64-byte boundaries. None where the kernel cannot be built."""
+    ``seed`` (``noisy_copies.c``, Box-Muller pairs) on every CPU: 0.9-2 s for the study's 10.6 M
+    rows, page faults included, where :func:`noisy_copies` takes ~3 s on 2 cores. Rows on 64-byte
+    boundaries. None where the kernel cannot be built."""
     lib = library()
     if lib is None:
         return None
