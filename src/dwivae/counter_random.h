@@ -1,4 +1,5 @@
-/* Random numbers from counters, for training: the VAE's eps, the epochs' orders and the study set's noise.
+/* Random numbers from counters, for training: the VAE's eps, the epochs' orders and the noise of
+ * the study preset's pairs.
  *
  * Counter-based, so that any sample's draw can be made by whichever thread takes it.
  *
