@@ -60,6 +60,20 @@ def test_fixed_data_set_mode_runs(acq, tiny_config):
     assert model.summary["sample_passes"] == (240 * 31 // 512) * 512
 
 
+@pytest.mark.parametrize("kernel", ["compiled", "torch"])
+def test_fixed_data_set_mode_is_reproducible_and_learns(acq, tiny_config, kernel, monkeypatch):
+    # the study's mode: in C (rows read in place, noise, order and eps from counters), or with
+    # torch where no kernel can be built (numpy noise, gathered epochs)
+    if kernel == "torch":
+        monkeypatch.setenv("DWIVAE_KERNEL", "torch")
+    config = replace(tiny_config, samples_per_epoch=None, n_atoms=1000, epochs=4, batch_size=500, test_every=1)
+    a, b = (train(acq, arch="vae", seed=2, config=config) for _ in range(2))
+    wa, wb = _weights(a), _weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a.history[-1]["test_mse"] < 0.8 * a.history[0]["test_mse"]
+    assert all(np.isfinite(r["recon"]) and r["kl"] > 0 for r in a.history)
+
+
 def test_bad_train_config():
     with pytest.raises(InputError, match="unknown loss"):
         TrainConfig(loss="hinge")
