@@ -42,6 +42,19 @@ def test_compiled_forward_matches_torch(arch, activation, n_inputs, hidden, n):
 
 
 @needs_compiler
+@pytest.mark.parametrize("name", ["ELU", "Sigmoid"])
+def test_kernel_activations_match_torch_over_the_float_range(name):
+    """One identity layer, so the kernel's activation sees exactly x: ELU's exp down to its clamp
+    at -80 and beyond, the sigmoid through 0 and 1 at both ends."""
+    x = np.concatenate([np.linspace(-200, 200, 40001), [-80, 80, -1e-6, 0, 1e-6, 1e30, -1e30]])
+    x = x.astype(np.float32).reshape(-1, 8)
+    layer = (np.eye(8, dtype=np.float32), np.zeros(8, np.float32), kernel.ACTIVATION_CODES[name])
+    compiled = kernel.CompiledForward(kernel.library(), [layer])
+    expected = getattr(torch.nn, name)()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(compiled(x), expected, rtol=1e-6, atol=2e-7)
+
+
+@needs_compiler
 def test_compiled_forward_threads_give_identical_results():
     torch.manual_seed(0)
     compiled = kernel.compiled_forward(build_model(ModelConfig()).eval())

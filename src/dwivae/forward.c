@@ -73,7 +73,11 @@ int dwivae_forward(const float *x, const float *scale, float *y, int64_t n, int 
         const float *p = params;
         for (int l = 0; l < n_layers; l++) {
             const int a = widths[l], b = widths[l + 1];
-            dense_layer(in, out, NV, p, a, p + (int64_t)a * b, 1, a, b, acts[l], 0.01f);
+            switch (acts[l]) {      /* a copy of the layer for each of the study's activations */
+            case ACT_ELU: dense_layer(in, out, NV, p, a, p + (int64_t)a * b, 1, a, b, ACT_ELU, 0.01f); break;
+            case ACT_SIGMOID: dense_layer(in, out, NV, p, a, p + (int64_t)a * b, 1, a, b, ACT_SIGMOID, 0.01f); break;
+            default: dense_layer(in, out, NV, p, a, p + (int64_t)a * b, 1, a, b, acts[l], 0.01f);
+            }
             p += (int64_t)a * b + b;
             v8 *swap = in; in = out; out = swap;
         }

@@ -79,17 +79,16 @@ static inline v8 opaque(v8 a) {
     return a;
 }
 
-/* 2^n * p(r) for x <= 0 (clamped at -80): n = round(x / ln2) by adding and subtracting 1.5 * 2^23
+/* exp(x) for |x| <= 80: 2^n * p(r), n = round(x / ln2) by adding and subtracting 1.5 * 2^23
  * (whose float spacing is 1, so the sum rounds to nearest and holds n in its low mantissa bits),
  * r = x - n ln2 in one FMA (ln2 as a float is off by 2e-9, times |n| <= 116), p a degree-5 fit of
  * exp on [-ln2/2, ln2/2] (relative error 1.1e-7), and 2^n added to p's exponent bits. The add
  * and subtract run beside the FMAs, where a float-int-float round trip held up the chain: 3.5 %
  * more voxels/s in forward.c. */
-static inline v8 vexp_nonpositive(v8 x) {
-    x = vmax(x, splat(-80.0f));
+static inline v8 vexp_within80(v8 x) {
     const v8 shifter = splat(12582912.0f);
     const v8 t = opaque(x * splat(1.44269504088896341f) + shifter);
-    const v8 r = x - (t - shifter) * splat(0.693147180559945f);
+    const v8 r = x - opaque(t - shifter) * splat(0.693147180559945f);
     v8 p = splat(8.312857709825039e-3f);
     p = p * r + splat(4.188901185989380e-2f);
     p = p * r + splat(1.666711121797562e-1f);
@@ -97,6 +96,19 @@ static inline v8 vexp_nonpositive(v8 x) {
     p = p * r + splat(1.0f);
     p = p * r + splat(1.0f);
     return (v8)((v8i)p + ((v8i)t << 23));
+}
+
+/* exp(x) for x <= 0 (clamped at -80). */
+static inline v8 vexp_nonpositive(v8 x) { return vexp_within80(vmax(x, splat(-80.0f))); }
+
+/* 1 / d for d >= 1: AVX's approximate reciprocal and one Newton step, else a division. */
+static inline v8 vreciprocal(v8 d) {
+#if defined(__AVX__) && defined(__FMA__)
+    const __m256 y = _mm256_rcp_ps((__m256)d);
+    return (v8)_mm256_fmadd_ps(y, _mm256_fnmadd_ps((__m256)d, y, _mm256_set1_ps(1.0f)), y);
+#else
+    return splat(1.0f) / d;
+#endif
 }
 
 /* exp(x) for x in float range: vexp_nonpositive, and 1 / exp(-x) for x > 0. */
@@ -109,10 +121,8 @@ static inline v8 vexp(v8 x) {
 static inline v8 activate(v8 h, int act, float slope) {
     switch (act) {
     case ACT_ELU: return select_negative(h, vexp_nonpositive(vmin(h, splat(0.0f))) - splat(1.0f), h);
-    case ACT_SIGMOID: {                  /* 1 / (1 + e^-h) = e^h / (1 + e^h) for h < 0 */
-        const v8 e = vexp_nonpositive(vmin(h, -h));
-        return select_negative(h, e, splat(1.0f)) / (splat(1.0f) + e);
-    }
+    case ACT_SIGMOID:                    /* 1 / (1 + e^-h), 0 and 1 beyond |h| = 80 */
+        return vreciprocal(splat(1.0f) + vexp_within80(vmin(vmax(-h, splat(-80.0f)), splat(80.0f))));
     case ACT_RELU: return vmax(h, splat(0.0f));
     case ACT_LEAKY_RELU: return select_negative(h, h * splat(slope), h);
     default: return h;
