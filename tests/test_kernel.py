@@ -63,6 +63,24 @@ def test_compiled_forward_threads_give_identical_results():
 
 
 @needs_compiler
+def test_compiled_forward_fills_a_given_output_even_in_place():
+    torch.manual_seed(0)
+    compiled = kernel.compiled_forward(build_model(ModelConfig()).eval())
+    x = np.random.default_rng(0).random((5_000, 32), dtype=np.float32)
+    scale = np.full(len(x), 200.0, np.float32)
+    expected = compiled(x, scale, threads=2)
+    out = np.full_like(x, np.nan)
+    assert compiled(x, scale, threads=2, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    inplace = x * 1                                   # rows are read into a tile before it is written
+    assert compiled(inplace, scale, threads=2, out=inplace) is inplace
+    np.testing.assert_array_equal(inplace, expected)
+    for bad in (np.zeros((4_999, 32), np.float32), np.zeros((5_000, 32)), np.zeros((32, 5_000), np.float32).T):
+        with pytest.raises(ValueError, match="out must be a writeable C-contiguous float32 array"):
+            compiled(x, out=bad)
+
+
+@needs_compiler
 def test_compiled_forward_checks_the_input_shape():
     compiled = kernel.compiled_forward(build_model(ModelConfig()).eval())
     with pytest.raises(ValueError, match=r"shape \(M, 32\)"):

@@ -160,7 +160,8 @@ class CompiledForward:
         self._acts = np.array([code for _, _, code in stack], dtype=np.int32)
         self._params = np.concatenate([np.concatenate([w.ravel(), b]) for w, b, _ in stack]).astype(np.float32)
 
-    def __call__(self, x: np.ndarray, scale: np.ndarray | None = None, *, threads: int = 1) -> np.ndarray:
+    def __call__(self, x: np.ndarray, scale: np.ndarray | None = None, *, threads: int = 1,
+                 out: np.ndarray | None = None) -> np.ndarray:
         """``layers(x / scale) * scale``: denoised signals for the whole network.
 
         Parameters
@@ -171,17 +172,28 @@ class CompiledForward:
             Per-row scale (S0): rows are divided by it on the way in and multiplied on the way out.
         threads : int
             Chunks of rows run in parallel.
+        out : (M, n_outputs) ndarray, optional
+            A writeable C-contiguous float32 array to fill (it may be ``x`` itself): saves
+            allocating a fresh one, whose pages the kernel would fault in, on every call.
 
         Returns
         -------
         (M, n_outputs) ndarray, float32
+            ``out`` where given.
         """
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_inputs:
             raise ValueError(f"expected signals of shape (M, {self.n_inputs}), got {x.shape}")
         if scale is not None:
             scale = np.ascontiguousarray(scale, dtype=np.float32)
-        y = np.empty((len(x), self.n_outputs), dtype=np.float32)
+        if out is None:
+            y = np.empty((len(x), self.n_outputs), dtype=np.float32)
+        elif (out.shape != (len(x), self.n_outputs) or out.dtype != np.float32 or not out.flags.c_contiguous
+              or not out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous float32 array of shape "
+                             f"({len(x)}, {self.n_outputs}), got {out.dtype} {out.shape}")
+        else:
+            y = out
         bounds = np.linspace(0, len(x), max(1, min(threads, len(x) // 1024)) + 1).astype(int)
         jobs = list(zip(bounds[:-1], bounds[1:]))
         if len(jobs) == 1:
