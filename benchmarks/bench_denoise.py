@@ -30,7 +30,7 @@ import torch
 
 from dwivae.acquisition import save_acquisition, seed32
 from dwivae.checkpoint import load_model, save_model
-from dwivae.kernel import compiled_forward
+from dwivae.kernel import aligned_empty, compiled_forward
 from dwivae.simulate import random_tensors, tensor_signals
 from dwivae.training import PRESETS, train
 
@@ -80,7 +80,7 @@ def inference_rates(model, *, voxels: int = 2_000_000, repeats: int = 5) -> dict
     arrays made once, as a pipeline that reuses its buffers has them: a fresh 256 MB output per
     call would add the kernel's zeroing of its pages to every run."""
     x = np.random.default_rng(0).uniform(0, 1, (voxels, model.model_config.n_inputs)).astype(np.float32)
-    out = np.zeros_like(x)
+    out = aligned_empty(x.shape)
     compiled = compiled_forward(model.network)
     threads = torch.get_num_threads()
     runs = {}

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dwivae import dataset
+from dwivae import dataset, kernel
 from dwivae.dataset import noisy_copies, simulate_split, held_out_pairs
 from test_kernel import needs_compiler
 from dwivae.errors import InputError
@@ -42,7 +42,7 @@ def test_noisy_copies_do_not_depend_on_the_threads(monkeypatch):
 
 @pytest.mark.parametrize("rows", [1, 7, 1000])
 def test_aligned_empty_starts_on_a_cache_line(rows):
-    a = dataset.aligned_empty((rows, 32))
+    a = kernel.aligned_empty((rows, 32))
     assert a.ctypes.data % 64 == 0 and a.shape == (rows, 32) and a.dtype == np.float32 and a.flags.c_contiguous
     noisy, _, _ = noisy_copies(np.ones((rows, 32), np.float32), np.array([0.0, 0.1]), rng=np.random.default_rng(0))
     assert noisy.ctypes.data % 64 == 0

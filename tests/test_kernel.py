@@ -81,6 +81,19 @@ def test_compiled_forward_fills_a_given_output_even_in_place():
 
 
 @needs_compiler
+def test_large_outputs_streamed_past_the_cache_equal_rows_stored_one_by_one():
+    torch.manual_seed(0)
+    compiled = kernel.compiled_forward(build_model(ModelConfig()).eval())
+    n = (8 << 20) // (32 * 4) + 45                    # over forward.c's STREAM_BYTES, a partial last tile
+    x = np.random.default_rng(1).random((n, 32), dtype=np.float32)
+    streamed = compiled(x)                            # a fresh output starts on a cache line
+    assert streamed.ctypes.data % 64 == 0
+    unaligned = kernel.aligned_empty((n * 32 + 1,))[1:].reshape(n, 32)
+    np.testing.assert_array_equal(compiled(x, out=unaligned), streamed)
+    np.testing.assert_array_equal(compiled(x[:1000]), streamed[:1000])
+
+
+@needs_compiler
 def test_compiled_forward_checks_the_input_shape():
     compiled = kernel.compiled_forward(build_model(ModelConfig()).eval())
     with pytest.raises(ValueError, match=r"shape \(M, 32\)"):

@@ -16,7 +16,7 @@ import torch
 
 from dwivae.acquisition import Acquisition
 from dwivae.errors import InputError
-from dwivae.kernel import default_threads, library
+from dwivae.kernel import aligned_empty, default_threads, library
 from dwivae.simulate import (STUDY_NOISE_LEVELS, ball_and_sticks_signals,
                              random_ball_and_sticks, random_tensors, study_grid, tensor_signals)
 from dwivae.tensorfit import fit_tensor
@@ -138,16 +138,6 @@ def simulate_split(
     test, train = order[:n_test], order[n_test:]  # shuffled: any leading subset is a random sample
     return SimulatedSplit(clean[train], clean[test], D[train], D[test],
                           np.asarray(noise_levels, dtype=np.float32))
-
-
-def aligned_empty(shape: tuple[int, ...], dtype=np.float32, alignment: int = 64) -> np.ndarray:
-    """An uninitialised C-ordered array whose data starts on an ``alignment``-byte boundary: rows
-    of 32 float32 then span two cache lines, not three (the compiled training step reads the
-    study's 10.6 M noisy rows at random)."""
-    itemsize = np.dtype(dtype).itemsize
-    buffer = np.empty(int(np.prod(shape)) * itemsize + alignment, dtype=np.uint8)
-    start = -buffer.ctypes.data % alignment
-    return buffer[start:start + int(np.prod(shape)) * itemsize].view(dtype).reshape(shape)
 
 
 def noisy_copies(

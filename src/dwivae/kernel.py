@@ -141,6 +141,16 @@ def merge_linear(stack: list[Layer]) -> list[Layer]:
     return merged
 
 
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32, alignment: int = 64) -> np.ndarray:
+    """An uninitialised C-ordered array whose data starts on an ``alignment``-byte boundary: rows
+    of 32 float32 then span two cache lines, not three (the compiled training step reads the
+    study's 10.6 M noisy rows at random), and the forward pass can stream its output."""
+    itemsize = np.dtype(dtype).itemsize
+    buffer = np.empty(int(np.prod(shape)) * itemsize + alignment, dtype=np.uint8)
+    start = -buffer.ctypes.data % alignment
+    return buffer[start:start + int(np.prod(shape)) * itemsize].view(dtype).reshape(shape)
+
+
 class CompiledForward:
     """A stack of dense layers (e.g. ``x -> decode(encode_mean(x))``) through the compiled kernel.
 
@@ -187,7 +197,7 @@ class CompiledForward:
         if scale is not None:
             scale = np.ascontiguousarray(scale, dtype=np.float32)
         if out is None:
-            y = np.empty((len(x), self.n_outputs), dtype=np.float32)
+            y = aligned_empty((len(x), self.n_outputs))
         elif (out.shape != (len(x), self.n_outputs) or out.dtype != np.float32 or not out.flags.c_contiguous
               or not out.flags.writeable):
             raise ValueError(f"out must be a writeable C-contiguous float32 array of shape "

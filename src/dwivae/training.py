@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from dwivae.acquisition import Acquisition
-from dwivae.dataset import (SimulatedSplit, aligned_empty, clean_atoms, counter_noisy_copies, noisy_copies,
+from dwivae.dataset import (SimulatedSplit, clean_atoms, counter_noisy_copies, noisy_copies,
                             seed_streams, simulate_split, held_out_pairs, torch_generator)
 from dwivae.compiled_step import CompiledStep
 from dwivae.config import PRESETS, TrainConfig
 from dwivae.fused import FusedStep, UnsupportedNetwork
-from dwivae.kernel import CompiledForward, compiled_forward
+from dwivae.kernel import CompiledForward, aligned_empty, compiled_forward
 from dwivae.losses import beta_schedule, kl_divergence, reconstruction_loss
 from dwivae.models import Autoencoder, ContextNet, ModelConfig, build_model
 from dwivae.simulate import add_gaussian_noise, add_noncentral_chi_noise
