@@ -8,6 +8,8 @@
  * polynomial exp (relative error ~1e-7, simd.h). The next tile's rows are prefetched: rows read
  * from memory cost ~13 % against rows in cache, and the prefetch wins back 3 % of it.
  */
+#include <stdlib.h>
+
 #include "simd.h"
 
 #define STREAM_BYTES (8 << 20)     /* outputs from this size on bypass the cache (a quarter of L3 here) */
@@ -33,11 +35,10 @@ static inline void tile_in(float *t, const float *x, int64_t s0, int m, int n_in
  * 32-byte boundary, n_out a multiple of 8), the rows are put together in L1 and written with
  * non-temporal stores, whole cache lines that skip the read for ownership: for outputs far larger
  * than the cache, 4 % more voxels/s. */
-static inline void tile_out(float *y, const float *t, int64_t s0, int m, int n_out, int stream) {
+static inline void tile_out(float *y, const float *t, int64_t s0, int m, int n_out, int stream, v8 *rows) {
     int i0 = 0;
 #if defined(__AVX__)
     if (m == TILE) {
-        static _Thread_local __m256 rows[TILE * MAXW / 8];
         const int row_vectors = n_out / 8;
         for (; i0 + 8 <= n_out; i0 += 8)
             for (int sb = 0; sb < TILE; sb += 8) {
@@ -45,17 +46,17 @@ static inline void tile_out(float *y, const float *t, int64_t s0, int m, int n_o
                 for (int q = 0; q < 8; q++) r[q] = _mm256_load_ps(t + (i0 + q) * TILE + sb);
                 transpose8(r);
                 if (stream)
-                    for (int k = 0; k < 8; k++) rows[(sb + k) * row_vectors + i0 / 8] = r[k];
+                    for (int k = 0; k < 8; k++) rows[(sb + k) * row_vectors + i0 / 8] = (v8)r[k];
                 else
                     for (int k = 0; k < 8; k++) _mm256_storeu_ps(y + (s0 + sb + k) * n_out + i0, r[k]);
             }
         if (stream) {
-            for (int k = 0; k < TILE * row_vectors; k++) _mm256_stream_ps(y + s0 * n_out + 8 * k, rows[k]);
+            for (int k = 0; k < TILE * row_vectors; k++) _mm256_stream_ps(y + s0 * n_out + 8 * k, (__m256)rows[k]);
             return;
         }
     }
 #else
-    (void)stream;
+    (void)stream, (void)rows;
 #endif
     for (int s = 0; s < m; s++)
         for (int i = i0; i < n_out; i++) y[(s0 + s) * n_out + i] = t[i * TILE + s];
@@ -64,13 +65,21 @@ static inline void tile_out(float *y, const float *t, int64_t s0, int m, int n_o
 /* y[s, :] = network(x[s, :] / scale[s]) * scale[s] for s < n (scale may be NULL: 1).
  *
  * widths has n_layers + 1 entries; params holds, layer after layer, W (n_out x n_in, row-major)
- * then b (n_out); acts has one code per layer. Returns 0, or -1 if a layer is wider than MAXW.
+ * then b (n_out); acts has one code per layer. Returns 0, -1 if a layer is wider than MAXW, or -2
+ * if its buffers could not be allocated.
  */
 int dwivae_forward(const float *x, const float *scale, float *y, int64_t n, int n_layers,
                    const int *widths, const float *params, const int *acts) {
-    for (int l = 0; l <= n_layers; l++)
+    int widest = 1;
+    for (int l = 0; l <= n_layers; l++) {
         if (widths[l] > MAXW || widths[l] < 1) return -1;
-    static _Thread_local v8 buf0[MAXW * NV], buf1[MAXW * NV];
+        widest = widths[l] > widest ? widths[l] : widest;
+    }
+    /* one block per call for the two tiles and the staged rows (thread-local arrays cost a TLS
+     * lookup per use in a shared library: 2 % slower) */
+    v8 *const buf0 = aligned_alloc(sizeof(v8), 3 * (size_t)widest * NV * sizeof(v8));
+    if (!buf0) return -2;
+    v8 *const buf1 = buf0 + widest * NV, *const rows = buf1 + widest * NV;
     const int n_in = widths[0], n_out = widths[n_layers];
     const int stream = n_out % 8 == 0 && ((uintptr_t)y & 31) == 0 && n * n_out * (int64_t)sizeof(float) >= STREAM_BYTES;
     for (int64_t s0 = 0; s0 < n; s0 += TILE) {
@@ -102,10 +111,11 @@ int dwivae_forward(const float *x, const float *scale, float *y, int64_t n, int 
         if (scale)
             for (int i = 0; i < n_out; i++)
                 for (int v = 0; v < NV; v++) in[i * NV + v] *= k[v];
-        tile_out(y, (const float *)in, s0, m, n_out, stream && m == TILE);
+        tile_out(y, (const float *)in, s0, m, n_out, stream && m == TILE, rows);
     }
 #if defined(__AVX__)
     if (stream) _mm_sfence();            /* the streamed rows, visible before this call returns */
 #endif
+    free(buf0);
     return 0;
 }

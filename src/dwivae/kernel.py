@@ -221,6 +221,8 @@ class CompiledForward:
                           y[start:].ctypes.data_as(f32), stop - start, len(self._acts),
                           self._widths.ctypes.data_as(i32), self._params.ctypes.data_as(f32),
                           self._acts.ctypes.data_as(i32))
+        if status == -2:
+            raise MemoryError("the compiled forward pass could not allocate its tile buffers")
         if status != 0:
             raise RuntimeError("the compiled forward pass refused the network's layer widths")
 
