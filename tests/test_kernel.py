@@ -42,14 +42,19 @@ def test_compiled_forward_matches_torch(arch, activation, n_inputs, hidden, n):
 
 
 @needs_compiler
-@pytest.mark.parametrize("name", ["ELU", "Sigmoid"])
-def test_kernel_activations_match_torch_over_the_float_range(name):
-    """One identity layer, so the kernel's activation sees exactly x: ELU's exp down to its clamp
-    at -80 and beyond, the sigmoid through 0 and 1 at both ends."""
+@pytest.mark.parametrize("name, then_identity, codes", [
+    ("ELU", False, [1]), ("ELU", True, [kernel.ELU_BASE2, 0]), ("Sigmoid", False, [kernel.SIGMOID_BASE2]),
+])
+def test_kernel_activations_match_torch_over_the_float_range(name, then_identity, codes):
+    """Identity layers, so the kernel's activation sees x (times log2 e in base-2 units): the exp
+    down to its clamp and beyond, the sigmoid through 0 and 1 at both ends. An ELU on the last
+    layer stays in natural units, one with a layer after it goes to base 2."""
     x = np.concatenate([np.linspace(-200, 200, 40001), [-80, 80, -1e-6, 0, 1e-6, 1e30, -1e30]])
     x = x.astype(np.float32).reshape(-1, 8)
-    layer = (np.eye(8, dtype=np.float32), np.zeros(8, np.float32), kernel.ACTIVATION_CODES[name])
-    compiled = kernel.CompiledForward(kernel.library(), [layer])
+    eye, zero = np.eye(8, dtype=np.float32), np.zeros(8, np.float32)
+    layers = [(eye, zero, kernel.ACTIVATION_CODES[name])] + [(eye, zero, 0)] * then_identity
+    compiled = kernel.CompiledForward(kernel.library(), layers)
+    assert list(compiled._acts) == codes
     expected = getattr(torch.nn, name)()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(compiled(x), expected, rtol=1e-6, atol=2e-7)
 

@@ -103,6 +103,10 @@ int dwivae_forward(const float *x, const float *scale, float *y, int64_t n, int 
             switch (acts[l]) {      /* a copy of the layer for each of the study's activations */
             case ACT_ELU: dense_layer(in, out, NV, p, a, p + (int64_t)a * b, 1, a, b, ACT_ELU, 0.01f); break;
             case ACT_SIGMOID: dense_layer(in, out, NV, p, a, p + (int64_t)a * b, 1, a, b, ACT_SIGMOID, 0.01f); break;
+            case ACT_ELU_BASE2: dense_layer(in, out, NV, p, a, p + (int64_t)a * b, 1, a, b, ACT_ELU_BASE2, 0.01f); break;
+            case ACT_SIGMOID_BASE2:
+                dense_layer(in, out, NV, p, a, p + (int64_t)a * b, 1, a, b, ACT_SIGMOID_BASE2, 0.01f);
+                break;
             default: dense_layer(in, out, NV, p, a, p + (int64_t)a * b, 1, a, b, acts[l], 0.01f);
             }
             p += (int64_t)a * b + b;

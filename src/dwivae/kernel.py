@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -42,6 +43,8 @@ MAX_WIDTH = 1024
 ACTIVATION_CODES = {"ELU": 1, "Sigmoid": 2, "ReLU": 3, "LeakyReLU": 4}
 """Codes of forward.c's activations by torch module name (this module does not import torch); a
 Linear followed by none of these gets 0 (identity)."""
+ELU_BASE2, SIGMOID_BASE2 = 5, 6
+"""forward.c's codes of ELU and the sigmoid on inputs in units of ln2 (see :func:`in_base2_units`)."""
 Layer = tuple[np.ndarray, np.ndarray, int]
 """A dense layer for the kernel: W (n_out, n_in), b (n_out,) and the code of its activation."""
 
@@ -141,6 +144,29 @@ def merge_linear(stack: list[Layer]) -> list[Layer]:
     return merged
 
 
+def in_base2_units(stack: list[Layer]) -> list[Layer]:
+    """ELU and sigmoid layers rewritten for forward.c's base-2 activations (fewer FMA-unit
+    operations, simd.h): their W and b times log2 e, and the W of the layer after an ELU times
+    ln2, as the base-2 ELU's outputs come out divided by ln2. An ELU on the last layer is kept.
+
+    Parameters
+    ----------
+    stack : list of (W, b, activation code)
+        float64, so that each product rounds once to float32.
+    """
+    log2e, elu, sigmoid = 1.0 / math.log(2.0), ACTIVATION_CODES["ELU"], ACTIVATION_CODES["Sigmoid"]
+    rewritten: list[Layer] = []
+    for k, (w, b, code) in enumerate(stack):
+        if rewritten and rewritten[-1][2] == ELU_BASE2:
+            w = w * math.log(2.0)
+        if code == elu and k < len(stack) - 1:
+            w, b, code = w * log2e, b * log2e, ELU_BASE2
+        elif code == sigmoid:
+            w, b, code = w * log2e, b * log2e, SIGMOID_BASE2
+        rewritten.append((w, b, code))
+    return rewritten
+
+
 def aligned_empty(shape: tuple[int, ...], dtype=np.float32, alignment: int = 64) -> np.ndarray:
     """An uninitialised C-ordered array whose data starts on an ``alignment``-byte boundary: rows
     of 32 float32 then span two cache lines, not three (the compiled training step reads the
@@ -158,12 +184,14 @@ class CompiledForward:
     ----------
     library : ctypes.CDLL
     layers : list of (W, b, activation code)
-        See :data:`Layer`; consecutive layers are folded by :func:`merge_linear` where that pays.
+        See :data:`Layer`; consecutive layers are folded by :func:`merge_linear` where that pays,
+        and ELU and sigmoid layers put in base-2 units by :func:`in_base2_units`.
     """
 
     def __init__(self, library: ctypes.CDLL, layers: list[Layer]) -> None:
         self._fn = library.dwivae_forward
-        stack = merge_linear([(np.asarray(w, np.float64), np.asarray(b, np.float64), code) for w, b, code in layers])
+        stack = in_base2_units(merge_linear([(np.asarray(w, np.float64), np.asarray(b, np.float64), code)
+                                             for w, b, code in layers]))
         widths = [stack[0][0].shape[1]] + [len(b) for _, b, _ in stack]
         self.n_inputs, self.n_outputs = widths[0], widths[-1]
         self._widths = np.array(widths, dtype=np.int32)

@@ -17,7 +17,8 @@
 typedef float v8 __attribute__((vector_size(VW * sizeof(float)), aligned(VW * sizeof(float))));
 typedef int32_t v8i __attribute__((vector_size(VW * sizeof(int32_t)), aligned(VW * sizeof(int32_t))));
 
-enum { ACT_NONE = 0, ACT_ELU = 1, ACT_SIGMOID = 2, ACT_RELU = 3, ACT_LEAKY_RELU = 4 };
+enum { ACT_NONE = 0, ACT_ELU = 1, ACT_SIGMOID = 2, ACT_RELU = 3, ACT_LEAKY_RELU = 4,
+       ACT_ELU_BASE2 = 5, ACT_SIGMOID_BASE2 = 6 };  /* the last two: forward.c only, see activate */
 
 static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
 
@@ -117,6 +118,22 @@ static inline v8 vexp(v8 x) {
     return select_negative(x, e, splat(1.0f) / e);
 }
 
+/* 2^x for |x| <= 115 (x = n + r, |r| <= 1/2, n added to the exponent bits) times c0, the
+ * polynomial's constant term scaled like the rest: cN are exp's coefficients above times ln2^N
+ * (times 1/ln2 more for the ELU below). No ln2 enters the range reduction: two adds, not FMAs. */
+static inline v8 vexp2_within115(v8 x, float c0, float c1, float c2, float c3, float c4, float c5) {
+    const v8 shifter = splat(12582912.0f);
+    const v8 t = opaque(x + shifter);
+    const v8 r = x - opaque(t - shifter);
+    v8 p = splat(c5);
+    p = p * r + splat(c4);
+    p = p * r + splat(c3);
+    p = p * r + splat(c2);
+    p = p * r + splat(c1);
+    p = p * r + splat(c0);
+    return (v8)((v8i)p + ((v8i)t << 23));
+}
+
 /* The activation of h; slope is LeakyReLU's negative slope. */
 static inline v8 activate(v8 h, int act, float slope) {
     switch (act) {
@@ -125,6 +142,18 @@ static inline v8 activate(v8 h, int act, float slope) {
         return vreciprocal(splat(1.0f) + vexp_within80(vmin(vmax(-h, splat(-80.0f)), splat(80.0f))));
     case ACT_RELU: return vmax(h, splat(0.0f));
     case ACT_LEAKY_RELU: return select_negative(h, h * splat(slope), h);
+    /* With h in units of ln2 (the layer's W and b times log2 e): ELU(h ln2) / ln2, which the next
+     * layer's W times ln2 takes back, and the sigmoid of h ln2. Fewer FMA-unit operations than
+     * ACT_ELU and ACT_SIGMOID: the range reduction is two adds and ELU's select is a max. */
+    case ACT_ELU_BASE2:                  /* max(h, (2^h - 1) / ln2), as e^x - 1 >= x */
+        return vmax(h, vexp2_within115(vmax(vmin(h, splat(0.0f)), splat(-115.0f)), 1.4426950408889634f, 1.0f,
+                                       0.3465683433014554f, 0.0800776381798625f, 0.01395007359680127f,
+                                       0.001918899328954608f) - splat(1.4426950408889634f));
+    case ACT_SIGMOID_BASE2:
+        return vreciprocal(splat(1.0f) + vexp2_within115(vmin(vmax(-h, splat(-115.0f)), splat(115.0f)), 1.0f,
+                                                           0.6931471805599453f, 0.240222870030735f,
+                                                           0.05550558913027113f, 0.009669454182226537f,
+                                                           0.0013300796596432574f));
     default: return h;
     }
 }
