@@ -84,8 +84,7 @@ static inline v8 opaque(v8 a) {
  * (whose float spacing is 1, so the sum rounds to nearest and holds n in its low mantissa bits),
  * r = x - n ln2 in one FMA (ln2 as a float is off by 2e-9, times |n| <= 116), p a degree-5 fit of
  * exp on [-ln2/2, ln2/2] (relative error 1.1e-7), and 2^n added to p's exponent bits. The add
- * and subtract run beside the FMAs, where a float-int-float round trip held up the chain: 3.5 %
- * more voxels/s in forward.c. */
+ * and subtract run beside the FMAs, where a float-int-float round trip held up the chain. */
 static inline v8 vexp_within80(v8 x) {
     const v8 shifter = splat(12582912.0f);
     const v8 t = opaque(x * splat(1.44269504088896341f) + shifter);
@@ -118,9 +117,10 @@ static inline v8 vexp(v8 x) {
     return select_negative(x, e, splat(1.0f) / e);
 }
 
-/* 2^x for |x| <= 115 (x = n + r, |r| <= 1/2, n added to the exponent bits) times c0, the
- * polynomial's constant term scaled like the rest: cN are exp's coefficients above times ln2^N
- * (times 1/ln2 more for the ELU below). No ln2 enters the range reduction: two adds, not FMAs. */
+/* k 2^x for |x| <= 115: x = n + r (|r| <= 1/2, n = round(x) by the same shifter), p(r) = c0 + c1 r
+ * + ... + c5 r^5 with cN = k times vexp_within80's coefficients times ln2^N, and n added to p's
+ * exponent bits (the sigmoid below takes k = 1, the ELU k = 1/ln2). No ln2 enters the range
+ * reduction: two adds, not two FMAs. */
 static inline v8 vexp2_within115(v8 x, float c0, float c1, float c2, float c3, float c4, float c5) {
     const v8 shifter = splat(12582912.0f);
     const v8 t = opaque(x + shifter);
