@@ -101,7 +101,8 @@ static inline v8 vexp_within80(v8 x) {
 /* exp(x) for x <= 0 (clamped at -80). */
 static inline v8 vexp_nonpositive(v8 x) { return vexp_within80(vmax(x, splat(-80.0f))); }
 
-/* 1 / d for d >= 1: AVX's approximate reciprocal and one Newton step, else a division. */
+/* 1 / d for d >= 1: AVX's approximate reciprocal and one Newton step, else a division (forward.c
+ * only: rcp's table is the CPU maker's, so results differ by an ulp or so between them). */
 static inline v8 vreciprocal(v8 d) {
 #if defined(__AVX__) && defined(__FMA__)
     const __m256 y = _mm256_rcp_ps((__m256)d);
@@ -138,8 +139,8 @@ static inline v8 vexp2_within115(v8 x, float c0, float c1, float c2, float c3, f
 static inline v8 activate(v8 h, int act, float slope) {
     switch (act) {
     case ACT_ELU: return select_negative(h, vexp_nonpositive(vmin(h, splat(0.0f))) - splat(1.0f), h);
-    case ACT_SIGMOID:                    /* 1 / (1 + e^-h), 0 and 1 beyond |h| = 80 */
-        return vreciprocal(splat(1.0f) + vexp_within80(vmin(vmax(-h, splat(-80.0f)), splat(80.0f))));
+    case ACT_SIGMOID:   /* 1 / (1 + e^-h), 0 and 1 beyond |h| = 80; divided, not vreciprocal: training */
+        return splat(1.0f) / (splat(1.0f) + vexp_within80(vmin(vmax(-h, splat(-80.0f)), splat(80.0f))));
     case ACT_RELU: return vmax(h, splat(0.0f));
     case ACT_LEAKY_RELU: return select_negative(h, h * splat(slope), h);
     /* With h in units of ln2 (the layer's W and b times log2 e): ELU(h ln2) / ln2, which the next
