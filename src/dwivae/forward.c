@@ -113,7 +113,7 @@ int dwivae_forward(const float *x, const float *scale, float *y, int64_t n, int 
         if (scale)
             for (int i = 0; i < n_out; i++)
                 for (int v = 0; v < NV; v++) in[i * NV + v] *= k[v];
-        tile_out(y, (const float *)in, s0, m, n_out, stream && m == TILE, rows);
+        tile_out(y, (const float *)in, s0, m, n_out, stream, rows);
     }
 #if defined(__AVX__)
     if (stream) _mm_sfence();            /* the streamed rows, visible before this call returns */
