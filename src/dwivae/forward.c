@@ -103,8 +103,8 @@ int dwivae_forward(const float *x, const float *scale, float *y, int64_t n, int 
             const int a = widths[l], b = widths[l + 1];
             const float *bias = p + (int64_t)a * b;
             switch (acts[l]) {      /* a copy of the layer for each of the study's activations */
-            case ACT_ELU_BASE2: dense_layer(in, out, NV, p, a, bias, 1, a, b, ACT_ELU_BASE2, 0.01f); break;
-            case ACT_SIGMOID_BASE2: dense_layer(in, out, NV, p, a, bias, 1, a, b, ACT_SIGMOID_BASE2, 0.01f); break;
+            case ACT_ELU_EIGHTHS: dense_layer(in, out, NV, p, a, bias, 1, a, b, ACT_ELU_EIGHTHS, 0.01f); break;
+            case ACT_SIGMOID_EIGHTHS: dense_layer(in, out, NV, p, a, bias, 1, a, b, ACT_SIGMOID_EIGHTHS, 0.01f); break;
             default: dense_layer(in, out, NV, p, a, bias, 1, a, b, acts[l], 0.01f);
             }
             p += (int64_t)a * b + b;

@@ -43,8 +43,8 @@ MAX_WIDTH = 1024
 ACTIVATION_CODES = {"ELU": 1, "Sigmoid": 2, "ReLU": 3, "LeakyReLU": 4}
 """Codes of forward.c's activations by torch module name (this module does not import torch); a
 Linear followed by none of these gets 0 (identity)."""
-ELU_BASE2, SIGMOID_BASE2 = 5, 6
-"""forward.c's codes of ELU and the sigmoid on inputs in units of ln2 (see :func:`in_base2_units`)."""
+ELU_EIGHTHS, SIGMOID_EIGHTHS = 5, 6
+"""forward.c's codes of ELU and the sigmoid on inputs in units of ln2 / 8 (see :func:`in_eighths_units`)."""
 Layer = tuple[np.ndarray, np.ndarray, int]
 """A dense layer for the kernel: W (n_out, n_in), b (n_out,) and the code of its activation."""
 
@@ -144,25 +144,27 @@ def merge_linear(stack: list[Layer]) -> list[Layer]:
     return merged
 
 
-def in_base2_units(stack: list[Layer]) -> list[Layer]:
-    """ELU and sigmoid layers rewritten for forward.c's base-2 activations (fewer FMA-unit
-    operations, simd.h): their W and b times log2 e, and the W of the layer after an ELU times
-    ln2, as the base-2 ELU's outputs come out divided by ln2. An ELU on the last layer is kept.
+def in_eighths_units(stack: list[Layer]) -> list[Layer]:
+    """ELU and sigmoid layers rewritten for forward.c's activations on inputs in units of ln2 / 8,
+    where ``e^h = 2^(h / 8)`` takes a rounding and an 8-entry table (simd.h): an ELU layer's W and
+    b times 8 log2 e, and the W of the layer after it times ln2 / 8, as its outputs come out in the
+    same units; a sigmoid layer's W and b times -8 log2 e (the sigmoid is ``1 / (1 + 2^(h / 8))``).
+    An ELU on the last layer is kept.
 
     Parameters
     ----------
     stack : list of (W, b, activation code)
         float64, so that each product rounds once to float32.
     """
-    log2e, elu, sigmoid = 1.0 / math.log(2.0), ACTIVATION_CODES["ELU"], ACTIVATION_CODES["Sigmoid"]
+    eighths, elu, sigmoid = 8.0 / math.log(2.0), ACTIVATION_CODES["ELU"], ACTIVATION_CODES["Sigmoid"]
     rewritten: list[Layer] = []
     for k, (w, b, code) in enumerate(stack):
-        if rewritten and rewritten[-1][2] == ELU_BASE2:
-            w = w * math.log(2.0)
+        if rewritten and rewritten[-1][2] == ELU_EIGHTHS:
+            w = w / eighths
         if code == elu and k < len(stack) - 1:
-            w, b, code = w * log2e, b * log2e, ELU_BASE2
+            w, b, code = w * eighths, b * eighths, ELU_EIGHTHS
         elif code == sigmoid:
-            w, b, code = w * log2e, b * log2e, SIGMOID_BASE2
+            w, b, code = w * -eighths, b * -eighths, SIGMOID_EIGHTHS
         rewritten.append((w, b, code))
     return rewritten
 
@@ -185,13 +187,13 @@ class CompiledForward:
     library : ctypes.CDLL
     layers : list of (W, b, activation code)
         See :data:`Layer`; consecutive layers are folded by :func:`merge_linear` where that pays,
-        and ELU and sigmoid layers put in base-2 units by :func:`in_base2_units`.
+        and ELU and sigmoid layers put in units of ln2 / 8 by :func:`in_eighths_units`.
     """
 
     def __init__(self, library: ctypes.CDLL, layers: list[Layer]) -> None:
         self._fn = library.dwivae_forward
-        stack = in_base2_units(merge_linear([(np.asarray(w, np.float64), np.asarray(b, np.float64), code)
-                                             for w, b, code in layers]))
+        stack = in_eighths_units(merge_linear([(np.asarray(w, np.float64), np.asarray(b, np.float64), code)
+                                               for w, b, code in layers]))
         widths = [stack[0][0].shape[1]] + [len(b) for _, b, _ in stack]
         self.n_inputs, self.n_outputs = widths[0], widths[-1]
         self._widths = np.array(widths, dtype=np.int32)
