@@ -60,11 +60,18 @@ def test_kernel_activations_match_torch_over_the_float_range(name, then_identity
 
 
 @needs_compiler
-def test_compiled_forward_threads_give_identical_results():
+@pytest.mark.parametrize("chunk_rows", [kernel.CHUNK_ROWS, 64, 100])
+def test_threads_sharing_the_rows_out_give_identical_results(chunk_rows, monkeypatch):
+    """Threads take chunks of rows from one counter as they go: every row is done once, in any order."""
+    monkeypatch.setattr(kernel, "CHUNK_ROWS", chunk_rows)
     torch.manual_seed(0)
     compiled = kernel.compiled_forward(build_model(ModelConfig()).eval())
-    x = np.random.default_rng(0).random((10_000, 32), dtype=np.float32)
-    np.testing.assert_array_equal(compiled(x, threads=1), compiled(x, threads=2))
+    x = np.random.default_rng(0).random((20_011, 32), dtype=np.float32)
+    expected = compiled(x, threads=1)
+    for threads in (2, 3):
+        out = np.full_like(x, np.nan)
+        np.testing.assert_array_equal(compiled(x, threads=threads, out=out), expected)
+    np.testing.assert_array_equal(compiled(x[:5_000], threads=3), expected[:5_000])
 
 
 @needs_compiler

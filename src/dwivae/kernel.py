@@ -43,6 +43,9 @@ MAX_WIDTH = 1024
 ACTIVATION_CODES = {"ELU": 1, "Sigmoid": 2, "ReLU": 3, "LeakyReLU": 4}
 """Codes of forward.c's activations by torch module name (this module does not import torch); a
 Linear followed by none of these gets 0 (identity)."""
+CHUNK_ROWS = 4096
+"""Rows a thread of :class:`CompiledForward` takes at a time: threads take chunks as they finish
+their last (0.5 MB of signals, ~0.5 ms), so that one held up by another job leaves the rest to the others."""
 ELU_EIGHTHS, SIGMOID_EIGHTHS = 5, 6
 """forward.c's codes of ELU and the sigmoid on inputs in units of ln2 / 8 (see :func:`in_eighths_units`)."""
 Layer = tuple[np.ndarray, np.ndarray, int]
@@ -88,7 +91,8 @@ def _library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError):
         return None
     f32, i32 = (ctypes.POINTER(t) for t in (ctypes.c_float, ctypes.c_int))
-    lib.dwivae_forward.argtypes = [f32, f32, f32, ctypes.c_int64, ctypes.c_int, i32, f32, i32]
+    lib.dwivae_forward.argtypes = [f32, f32, f32, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64,
+                                   ctypes.c_int, i32, f32, i32]
     lib.dwivae_forward.restype = ctypes.c_int
     i64, f64 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_double)
     c_int, c_i64, c_f, c_d = ctypes.c_int, ctypes.c_int64, ctypes.c_float, ctypes.c_double
@@ -211,7 +215,7 @@ class CompiledForward:
         scale : (M,) ndarray, optional
             Per-row scale (S0): rows are divided by it on the way in and multiplied on the way out.
         threads : int
-            Chunks of rows run in parallel.
+            Threads that share the rows out, :data:`CHUNK_ROWS` at a time.
         out : (M, n_outputs) ndarray, optional
             A writeable C-contiguous float32 array to fill (it may be ``x`` itself): saves
             allocating a fresh one, whose pages the kernel would fault in, on every call.
@@ -234,21 +238,21 @@ class CompiledForward:
                              f"({len(x)}, {self.n_outputs}), got {out.dtype} {out.shape}")
         else:
             y = out
-        bounds = np.linspace(0, len(x), max(1, min(threads, len(x) // 1024)) + 1).astype(int)
-        jobs = list(zip(bounds[:-1], bounds[1:]))
-        if len(jobs) == 1:
-            self._run(x, scale, y, *jobs[0])
+        next_row = ctypes.c_int64(0)
+        workers = max(1, min(threads, -(-len(x) // CHUNK_ROWS)))
+        if workers == 1:
+            self._run(x, scale, y, next_row)
         else:
-            with ThreadPoolExecutor(len(jobs)) as pool:
-                list(pool.map(lambda job: self._run(x, scale, y, *job), jobs))
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda _: self._run(x, scale, y, next_row), range(workers)))
         return y
 
-    def _run(self, x: np.ndarray, scale: np.ndarray | None, y: np.ndarray, start: int, stop: int) -> None:
+    def _run(self, x: np.ndarray, scale: np.ndarray | None, y: np.ndarray, next_row: ctypes.c_int64) -> None:
+        """Rows from ``next_row`` on, CHUNK_ROWS at a time, until none is left (one thread's share)."""
         f32 = ctypes.POINTER(ctypes.c_float)
         i32 = ctypes.POINTER(ctypes.c_int)
-        status = self._fn(x[start:].ctypes.data_as(f32),
-                          None if scale is None else scale[start:].ctypes.data_as(f32),
-                          y[start:].ctypes.data_as(f32), stop - start, len(self._acts),
+        status = self._fn(x.ctypes.data_as(f32), None if scale is None else scale.ctypes.data_as(f32),
+                          y.ctypes.data_as(f32), len(x), ctypes.byref(next_row), CHUNK_ROWS, len(self._acts),
                           self._widths.ctypes.data_as(i32), self._params.ctypes.data_as(f32),
                           self._acts.ctypes.data_as(i32))
         if status == -2:
