@@ -155,7 +155,7 @@ def _bad_inputs(tmp_path, dwi, bval, bvec, model_dir):
     out = ["--out", str(tmp_path / "o.nii.gz")]
     return [
         (["denoise", str(tmp_path / "3d.nii.gz"), *grads, *model, *out], "is 3D"),
-        (["denoise", str(tmp_path / "short.nii.gz"), *grads, *model, *out], "has 60 volumes but the gradient files have 65"),
+        (["denoise", str(tmp_path / "short.nii.gz"), *grads, *model, *out], "has 60 volumes but small_64D.bval and small_64D.bvec have 65"),
         (["denoise", str(dwi), "--bvals", str(bval), "--bvecs", str(tmp_path / "short.bvec"), *model, *out],
          "60 directions but the bval file has 65"),
         (["denoise", str(dwi), *grads, "--model", str(tmp_path / "nomodel"), *out], "does not exist"),
@@ -263,7 +263,7 @@ def test_denoise_bias_correct_bad_inputs(tmp_path, capsys, small64):
     common = ["denoise", str(dwi), "--bvals", str(bval), "--bvecs", str(bvec), "--out", str(tmp_path / "o.nii.gz"),
               "--quiet"]
     _fails(capsys, [*common, "--model", str(model_dir), "--sigma", "20"], "add one of them")
-    _fails(capsys, [*common, "--model", str(model_dir), "--bias-correct", "--sigma", "-1"], "must be positive")
+    _fails(capsys, [*common, "--model", str(model_dir), "--bias-correct", "--sigma", "-1"], "must be above 0")
     rician = training.train(load_acquisition(bval, bvec), arch="dae", seed=0,
                             config=replace(TINY_TRAINING, noise="rician", snr_range=(5.0, 50.0)))
     _fails(capsys, [*common, "--model", str(save_model(rician, tmp_path / "r")), "--bias-correct", "--sigma", "20"],

@@ -5,12 +5,35 @@ import argparse
 import json
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from dwivae._version import __version__
 from dwivae.errors import InputError
+
+
+def _number(kind: type, low: float, *, above: bool = False, high: float | None = None):
+    """An argparse type: a number of ``kind`` that is at least ``low`` (above it with ``above``)
+    and at most ``high``, refused with a message that says so."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{' whole' if kind is int else ''} number") from None
+        if not (value > low if above else value >= low) or (high is not None and value > high) or value != value:
+            bound = f"above {low:g}" if above else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}{f' and at most {high:g}' if high is not None else ''}, "
+                                             f"got {text}")
+        return value
+    return parse
+
+
+COUNT = _number(int, 1)
+"""A whole number >= 1 (threads, coils, epochs, widths)."""
+POSITIVE = _number(float, 0.0, above=True)
+"""A number > 0 (sigma, SNR, learning rate)."""
 
 
 def _protocol_args(parser: argparse.ArgumentParser) -> None:
@@ -163,8 +186,9 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     from dwivae import io
     from dwivae.acquisition import load_acquisition
     from dwivae.checkpoint import cached_model_path, load_or_train
-    from dwivae.denoise import check_protocol, denoise_file
+    from dwivae.denoise import check_protocol, denoise_file, output_paths
     from dwivae.frozen import FrozenModel
+    from dwivae.outputs import check_outputs
 
     if bool(args.bvals) != bool(args.bvecs):
         raise InputError("give both --bvals and --bvecs, or neither to use the BIDS files next to the image")
@@ -173,7 +197,14 @@ def cmd_denoise(args: argparse.Namespace) -> None:
                          "add one of them")
     bvals, bvecs = (args.bvals, args.bvecs) if args.bvals else io.find_gradient_files(args.dwi)
     acq = load_acquisition(bvals, bvecs)
-    io.check_output(args.out, like_img=io.load_dwi(args.dwi), force=args.force)
+    img = io.load_dwi(args.dwi)
+    if img.shape[3] != acq.n_volumes:
+        raise InputError(f"{args.dwi.name} has {img.shape[3]} volumes but {Path(bvals).name} and {Path(bvecs).name} "
+                         f"have {acq.n_volumes}: give the gradient files of this image")
+    inputs = [bvals, bvecs, *([args.model] if args.model else [])]
+    check_outputs(output_paths(args.out, uncertainty=args.uncertainty),
+                  inputs=[args.dwi, io.sidecar_path(args.dwi), *inputs,
+                          *([args.mask] if args.mask not in ("auto", "none") else [])], force=args.force)
     model = _denoising_model(args) if args.model else None
     model_path = args.model
     if model is None or (args.train and model.acquisition.mismatch(acq) is not None):
@@ -193,7 +224,7 @@ def cmd_denoise(args: argparse.Namespace) -> None:
                                 uncertainty=args.uncertainty, seed=args.seed, force=args.force,
                                 bias_correct=args.bias_correct, sigma=args.sigma, coils=args.coils,
                                 spatial=args.spatial, context=args.context, threads=args.threads,
-                                progress=not args.quiet,
+                                progress=not args.quiet, inputs=[*inputs, model_path],
                                 provenance={"Command": shlex.join(["dwivae", *args.argv]),
                                             "Model": {"path": str(Path(model_path).resolve())},
                                             "GradientFiles": {"bval": str(Path(bvals).resolve()),
@@ -329,31 +360,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atoms", choices=("grid", "random", "sticks", "mixed"), default="grid",
                    help="the study's tensor grid, random physiological tensors, random ball-and-sticks "
                         "(1-3 sticks) or half tensors, half sticks (default: grid)")
-    p.add_argument("--n-atoms", type=int, default=500_000, help="number of random atoms")
-    p.add_argument("--sigma", type=float, nargs="+", help="noise standard deviations (default: the study's 31)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-atoms", type=COUNT, default=500_000, help="number of random atoms")
+    p.add_argument("--sigma", type=_number(float, 0.0), nargs="+", help="noise standard deviations (default: the study's 31)")
+    p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(run=cmd_simulate)
 
     p = command("train", "train a VAE or DAE on simulated signals for a protocol")
     _protocol_args(p)
     p.add_argument("--arch", choices=("vae", "dae"), default="vae")
-    p.add_argument("--latent", type=int, default=7, help="latent size (default 7)")
-    p.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH",
+    p.add_argument("--latent", type=COUNT, default=7, help="latent size (default 7)")
+    p.add_argument("--hidden", type=COUNT, nargs="+", metavar="WIDTH",
                    help="encoder hidden widths (default: the study's, narrowing evenly to the latent, e.g. 26 20 13)")
     p.add_argument("--preset", choices=("default", "study"), default="default",
                    help="default: fresh noise on fewer samples; study: all atoms x 31 levels")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--beta-max", type=float, help="maximum KL weight (0: no KL term)")
+    p.add_argument("--epochs", type=COUNT)
+    p.add_argument("--beta-max", type=_number(float, 0.0), help="maximum KL weight (0: no KL term)")
     p.add_argument("--loss", choices=("huber", "mse", "l1"))
-    p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=POSITIVE, help="Adam learning rate")
+    p.add_argument("--batch-size", type=COUNT)
     p.add_argument("--atoms", choices=("grid", "random", "sticks", "mixed"),
                    help="clean signals: the study's tensor grid (default), random tensors, ball-and-sticks or both")
     p.add_argument("--noise", choices=("gaussian", "rician", "nc-chi"),
                    help="training noise (default gaussian, clipped at 0, as the study)")
-    p.add_argument("--coils", type=int, help="receiver channels of nc-chi noise")
-    p.add_argument("--snr-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+    p.add_argument("--coils", type=COUNT, help="receiver channels of nc-chi noise")
+    p.add_argument("--snr-range", type=POSITIVE, nargs=2, metavar=("LOW", "HIGH"),
                    help="draw each sample's SNR (S0 / sigma) log-uniformly from this range instead of "
                         "the study's 31 noise levels")
     p.add_argument("--snr-from", type=Path, metavar="DWI",
@@ -362,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", default="auto", help="mask for --snr-from: a NIfTI file or 'auto' (median_otsu)")
     p.add_argument("--fresh-atoms", action="store_true",
                    help="online simulation: new random clean signals every batch (random, sticks or mixed atoms)")
-    p.add_argument("--free-water", type=float, metavar="FRACTION",
+    p.add_argument("--free-water", type=_number(float, 0.0, high=1.0), metavar="FRACTION",
                    help="make this fraction of the random tensors isotropic, up to free water (3.5e-3 mm²/s); "
                         "random or mixed atoms")
     p.add_argument("--normalise", choices=("s0", "b0"),
@@ -372,9 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then train a network that combines the latent codes of each voxel's 3x3x3 "
                         "neighbourhood, on simulated neighbourhoods with tissue boundaries; "
                         "`dwivae denoise` uses it")
-    p.add_argument("--context-steps", type=int, default=3000, metavar="N",
+    p.add_argument("--context-steps", type=COUNT, default=3000, metavar="N",
                    help="training steps of the context network (default 3000, 1024 neighbourhoods each)")
-    p.add_argument("--seed", type=int, default=0, help="fixes simulation, split and initialisation")
+    p.add_argument("--seed", type=_number(int, 0), default=0, help="fixes simulation, split and initialisation")
     p.add_argument("--out", type=Path, required=True, help="model directory to create")
     p.set_defaults(run=cmd_train)
 
@@ -398,30 +429,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--denoise-b0", action="store_true", help="replace the b0 volumes too (default: kept as measured)")
     p.add_argument("--no-context", dest="context", action="store_false",
                    help="denoise voxel by voxel even if the model has a learned context network (`train --context`)")
-    p.add_argument("--spatial", type=float, nargs="?", const=2.0, metavar="STRENGTH",
+    p.add_argument("--spatial", type=POSITIVE, nargs="?", const=2.0, metavar="STRENGTH",
                    help="decode each voxel's latent mean averaged over its 3x3x3 neighbourhood, weighted by how "
                         "close the neighbours' codes are (edge-aware; strength 2 if no value is given)")
     p.add_argument("--bias-correct", action="store_true",
                    help="remove the Rician / noncentral-chi noise floor from the output (models trained on "
                         "Gaussian noise, the default); noise level from --sigma or the b0 volumes' spread")
-    p.add_argument("--sigma", type=float, help="noise standard deviation per channel, for --bias-correct and --spatial "
+    p.add_argument("--sigma", type=POSITIVE, help="noise standard deviation per channel, for --bias-correct and --spatial "
                    "(scanner units; default: the spread of the b0 volumes, or with one b0 DIPY's MP-PCA noise map)")
-    p.add_argument("--coils", type=int, default=1,
+    p.add_argument("--coils", type=COUNT, default=1,
                    help="receive coils combined by root sum of squares, for --bias-correct and --spatial "
                         "(1: Rician)")
-    p.add_argument("--uncertainty", type=int, default=0, metavar="K",
+    p.add_argument("--uncertainty", type=_number(int, 0), default=0, metavar="K",
                    help="write _uncertainty: the standard deviation over K posterior samples (VAE only)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=COUNT, default=1,
                    help="threads of the forward pass (default 1: the network is small, and a second thread "
                         "stalls whenever the other core is busy)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --train and --uncertainty")
+    p.add_argument("--seed", type=_number(int, 0), default=0, help="seed for --train and --uncertainty")
     p.set_defaults(run=cmd_denoise)
 
     def figure_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--format", choices=("png", "svg"), default="png", help="figure format (default png)")
         p.add_argument("--slices", type=int, nargs=2, metavar=("FIRST", "LAST"),
                        help="axial slice range of the residual histograms (default: all)")
-        p.add_argument("--seed", type=int, default=0, help="fixes the simulated examples")
+        p.add_argument("--seed", type=_number(int, 0), default=0, help="fixes the simulated examples")
         p.add_argument("--benchmark", type=Path, help="output directory of `dwivae benchmark` to draw")
 
     p = command("figures", "draw the study's figures for models and denoised outputs")
@@ -442,11 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("phantom", "simulate a brain-like phantom with ground truth (tensors, fibres, tissue labels)")
     _protocol_args(p)
-    p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 50], metavar=("X", "Y", "Z"))
-    p.add_argument("--snr", type=float, default=20.0, help="S0 / sigma in white matter (default 20)")
+    p.add_argument("--shape", type=COUNT, nargs=3, default=[96, 96, 50], metavar=("X", "Y", "Z"))
+    p.add_argument("--snr", type=POSITIVE, default=20.0, help="S0 / sigma in white matter (default 20)")
     p.add_argument("--noise", choices=("gaussian", "rician", "nc-chi"), default="rician")
-    p.add_argument("--coils", type=int, default=1, help="receiver channels of nc-chi noise")
-    p.add_argument("--seed", type=int, default=0, help="fixes the noise")
+    p.add_argument("--coils", type=COUNT, default=1, help="receiver channels of nc-chi noise")
+    p.add_argument("--seed", type=_number(int, 0), default=0, help="fixes the noise")
     p.add_argument("--out", type=Path, required=True, help="phantom directory")
     p.set_defaults(run=cmd_phantom)
 
@@ -460,20 +491,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "trained first if missing)")
     p.add_argument("--variants", type=Path, nargs="+", default=[],
                    help="more model directories, each scored as a method named after its directory")
-    p.add_argument("--threads", type=int, default=1, help="threads for dwidenoise (default 1)")
-    p.add_argument("--spatial", type=float, nargs="?", const=2.0, metavar="STRENGTH",
+    p.add_argument("--threads", type=COUNT, default=1, help="threads for dwidenoise (default 1)")
+    p.add_argument("--spatial", type=POSITIVE, nargs="?", const=2.0, metavar="STRENGTH",
                    help="also score each network with latent means averaged over the neighbourhood "
                         "(`denoise --spatial`), as METHOD+spatial")
     p.add_argument("--bias-correct", action="store_true",
                    help="on Rician / noncentral-chi phantoms, also score each output with the noise floor "
                         "removed (the phantom's sigma), as METHOD+bc")
-    p.add_argument("--seed", type=int, default=0, help="seed of models trained here")
+    p.add_argument("--seed", type=_number(int, 0), default=0, help="seed of models trained here")
     p.add_argument("--out", type=Path, required=True, help="directory for results.json, results.md, FA maps")
     p.set_defaults(run=cmd_benchmark)
 
     p = command("demo", "train a VAE and a DAE for DIPY's in-vivo sample, denoise it with both, draw it")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default: demo_out)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_number(int, 0), default=0)
     p.set_defaults(run=cmd_demo)
     return parser
 
@@ -487,10 +518,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(stop.code or 0)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args.run(args)
+        with warnings.catch_warnings():  # numpy's and torch's warnings are not for the user: errors say it all
+            warnings.simplefilter("ignore")
+            args.run(args)
     except (InputError, OSError) as err:
         print(f"dwivae {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"dwivae {args.command}: error: not enough memory for this input: check its header's dimensions, "
+              "or run on a machine with more memory", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dwivae {args.command}: interrupted; nothing of this run was kept", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -25,6 +25,7 @@ from dwivae.kernel import default_threads
 from dwivae.mask import median_otsu_mask
 from dwivae.noise import (SIGMA_METHODS, central_slices, check_noise_model, estimate_sigma, remove_noise_floor,
                           sigma_from_b0, sigma_from_mppca, sigma_method)
+from dwivae.outputs import OutputSet, check_outputs
 from dwivae.simulate import add_noncentral_chi_noise
 from dwivae.spatial import smooth_codes
 
@@ -415,6 +416,19 @@ def b0_volumes(img, acq: Acquisition) -> np.ndarray:
                      for k in np.flatnonzero(acq.b0_mask)], axis=-1)
 
 
+def output_paths(out: str | PathLike[str], *, uncertainty: int = 0) -> dict[str, Path]:
+    """Every file a run of :func:`denoise_file` writes, by role, the sidecar last: ``denoised``
+    (``out``), ``residual`` (``<out>_residual``), ``uncertainty`` (with ``uncertainty > 0``) and
+    ``sidecar`` (``<out>.json``)."""
+    from dwivae import io
+
+    paths = {"denoised": Path(out), "residual": io.output_paths(out, "_residual")}
+    if uncertainty:
+        paths["uncertainty"] = io.output_paths(out, "_uncertainty")
+    paths["sidecar"] = io.sidecar_path(out)
+    return paths
+
+
 def denoise_file(
     dwi: str | PathLike[str],
     acq: Acquisition,
@@ -436,6 +450,7 @@ def denoise_file(
     spatial: float | None = None,
     context: bool = True,
     threads: int | None = None,
+    inputs: Iterable[str | PathLike[str]] = (),
 ) -> tuple[dict[str, Path], DenoiseStats]:
     """Denoise a NIfTI file slab by slab and write the denoised series and its residual.
 
@@ -471,6 +486,9 @@ def denoise_file(
         encode it first); False denoises voxel by voxel.
     threads : int, optional
         Threads of the compiled forward pass (default: the CPUs this process may use).
+    inputs : iterable of path
+        Other files the run reads (gradient files, the model directory), which no output may
+        replace; the image, its own JSON sidecar and the mask file are always protected.
 
     Notes
     -----
@@ -481,7 +499,7 @@ def denoise_file(
     Returns
     -------
     paths : dict of str to Path
-        ``denoised``, ``residual`` and, if asked, ``uncertainty``.
+        See :func:`output_paths`; all of them are written, or none (:class:`dwivae.outputs.OutputSet`).
     stats : DenoiseStats
     """
     from tqdm import tqdm
@@ -498,11 +516,9 @@ def denoise_file(
     context = context and model.context is not None
     if context:
         check_context(model, spatial=spatial)
-    paths = {"denoised": Path(out), "residual": io.output_paths(out, "_residual")}
-    if uncertainty:
-        paths["uncertainty"] = io.output_paths(out, "_uncertainty")
-    for path in paths.values():
-        io.check_output(path, like_img=img, force=force)
+    paths = check_outputs(output_paths(out, uncertainty=uncertainty),
+                          inputs=[dwi, io.sidecar_path(dwi), *inputs, *([mask] if mask not in ("auto", None) else [])],
+                          force=force)
     inside = (auto_mask(img, acq) if mask == "auto" else
               np.ones(img.shape[:3], bool) if mask is None else io.load_mask(mask, img))
     check_noise_model(sigma, coils)
@@ -532,9 +548,9 @@ def denoise_file(
         generator = torch.Generator().manual_seed(seed)
     stats = DenoiseStats(outside_mask=int((~inside).sum()), engine="torch" if model.compiled() is None else "compiled")
     any_signal = False
-    with ExitStack() as stack:
-        writers = {name: stack.enter_context(io.NiftiWriter(path, img.shape, img, force=force))
-                   for name, path in paths.items()}
+    with OutputSet(paths, force=force) as staged, ExitStack() as stack:
+        writers = {name: stack.enter_context(io.NiftiWriter(path, img.shape, img, temp=staged.temp(name)))
+                   for name, path in paths.items() if name != "sidecar"}
         for z0, z1, data in tqdm(io.iter_slabs(img, slab=slab), total=-(-img.shape[2] // slab),
                                  desc="denoise", unit="slab", disable=not progress):
             sel = inside[:, :, z0:z1]
@@ -557,31 +573,31 @@ def denoise_file(
                 writers["uncertainty"].write_slab(z0, z1, slab_std)
         if not any_signal:
             raise InputError(f"{Path(dwi).name} is all zero inside the mask: check the image and the mask")
-    stats.seconds = time.perf_counter() - started
-    extra = dict(provenance or {})
-    sidecar = {
-        "Description": ("Denoised with an autoencoder trained on simulated q-space signals"
-                        + (" and a learned network over each voxel's neighbourhood" if context else ", voxel by voxel")),
-        "GeneratedBy": [{"Name": "dwivae", "Version": __version__}],
-        "Sources": [str(Path(dwi).resolve())],
-        "Model": {"arch": model.model_config.arch, "latent": model.model_config.latent,
-                  "fingerprint": model_fingerprint(model), **extra.pop("Model", {})},
-        "ProtocolFingerprint": acq.fingerprint(),
-        "Mask": str(mask),
-        "DenoiseB0": denoise_b0,
-        "PosteriorSamples": uncertainty,
-        "Spatial": ({"Strength": spatial, "LatentScale": h, "Radius": 1, "NoiseSigma": sigma,
-                     "SigmaFrom": sigma_from} if spatial is not None else None),
-        "Context": ({"Radius": model.context.config.radius, "Learned": True} if context else None),
-        "BiasCorrection": ({"NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils} if bias_correct
-                           else None),
-        "VoxelsDenoised": stats.denoised,
-        "VoxelsSkipped": stats.skipped,
-        "VoxelsOutsideMask": stats.outside_mask,
-        "Seconds": round(stats.seconds, 3),
-        "ForwardPass": stats.engine,
-        "Outputs": {name: path.name for name, path in paths.items()},
-        **extra,
-    }
-    io.write_json_atomic(io.sidecar_path(paths["denoised"]), sidecar, force=True)
+        stats.seconds = time.perf_counter() - started
+        extra = dict(provenance or {})
+        sidecar = {
+            "Description": ("Denoised with an autoencoder trained on simulated q-space signals"
+                            + (" and a learned network over each voxel's neighbourhood" if context else ", voxel by voxel")),
+            "GeneratedBy": [{"Name": "dwivae", "Version": __version__}],
+            "Sources": [str(Path(dwi).resolve())],
+            "Model": {"arch": model.model_config.arch, "latent": model.model_config.latent,
+                      "fingerprint": model_fingerprint(model), **extra.pop("Model", {})},
+            "ProtocolFingerprint": acq.fingerprint(),
+            "Mask": str(mask),
+            "DenoiseB0": denoise_b0,
+            "PosteriorSamples": uncertainty,
+            "Spatial": ({"Strength": spatial, "LatentScale": h, "Radius": 1, "NoiseSigma": sigma,
+                         "SigmaFrom": sigma_from} if spatial is not None else None),
+            "Context": ({"Radius": model.context.config.radius, "Learned": True} if context else None),
+            "BiasCorrection": ({"NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils} if bias_correct
+                               else None),
+            "VoxelsDenoised": stats.denoised,
+            "VoxelsSkipped": stats.skipped,
+            "VoxelsOutsideMask": stats.outside_mask,
+            "Seconds": round(stats.seconds, 3),
+            "ForwardPass": stats.engine,
+            "Outputs": {name: path.name for name, path in paths.items() if name != "sidecar"},
+            **extra,
+        }
+        staged.temp("sidecar").write_text(io.json_text(sidecar), encoding="utf-8")
     return paths, stats

@@ -300,6 +300,9 @@ class NiftiWriter:
         The input image whose header and affine the output keeps (see :func:`derived_header`).
     force : bool
         Replace an existing file (never the input itself).
+    temp : Path, optional
+        Write to this temporary file and leave its rename to the caller (an
+        :class:`dwivae.outputs.OutputSet`, which has checked the target already).
 
     Raises
     ------
@@ -308,8 +311,9 @@ class NiftiWriter:
     """
 
     def __init__(self, path: str | PathLike[str], shape: tuple[int, ...], like_img: nib.Nifti1Image, *,
-                 force: bool = False) -> None:
-        self.path = check_output(path, like_img=like_img, force=force)
+                 force: bool = False, temp: Path | None = None) -> None:
+        self.path = Path(path) if temp is not None else check_output(path, like_img=like_img, force=force)
+        self._staged = temp
         _, self._suffix = _split_nifti(self.path)
         _check_grid(shape, like_img)
         self.shape = tuple(int(n) for n in shape)
@@ -324,7 +328,7 @@ class NiftiWriter:
 
     def __enter__(self) -> NiftiWriter:
         if self._suffix.lower() == ".nii":
-            self._temp = _temp_path(self.path, self._suffix)
+            self._temp = self._staged or _temp_path(self.path, self._suffix)
             try:
                 self._file = self._preallocate(self._temp, self._header)
             except BaseException:
@@ -384,9 +388,12 @@ class NiftiWriter:
                 self._file = None
             if exc_type is None:
                 if data is not None:
-                    self._temp = _temp_path(self.path, self._suffix)
+                    self._temp = self._staged or _temp_path(self.path, self._suffix)
                     type(self._like_img)(data, self._like_img.affine, self._header).to_filename(self._temp)
                 del data
+                if self._staged is not None:
+                    self._temp = None  # finished: the OutputSet renames it
+                    return
                 _commit(self._temp, self.path, like_img=self._like_img, force=self._force)
         finally:
             if self._temp is not None:
@@ -441,7 +448,12 @@ def write_json_atomic(path: str | PathLike[str], obj: Any, *, force: bool = Fals
 
     See :func:`write_text_atomic` for the parameters and errors.
     """
-    return write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n", force=force)
+    return write_text_atomic(path, json_text(obj), force=force)
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as indented JSON text; numpy scalars and arrays and paths are converted."""
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
 
 
 def sidecar_path(nifti_path: str | PathLike[str]) -> Path:
