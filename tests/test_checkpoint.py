@@ -5,7 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from dwivae.checkpoint import load_model, save_model
+from safetensors.numpy import load_file, save_file
+
+from dwivae.checkpoint import expected_shapes, load_frozen, load_model, save_model
+from dwivae.config import ContextConfig, ModelConfig
 from dwivae.errors import InputError
 from dwivae.training import reconstruct, train
 
@@ -60,3 +63,57 @@ def test_damaged_model_directories(tmp_path, tiny_model, damage, message):
 def test_missing_directory(tmp_path):
     with pytest.raises(InputError, match="does not exist: train one"):
         load_model(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("config", [ModelConfig(), ModelConfig(arch="dae", n_inputs=65, latent=10),
+                                    ModelConfig(hidden=(64, 32, 16)), ModelConfig(hidden=(20,))])
+def test_expected_shapes_are_the_networks_own(config):
+    from dwivae.models import ContextNet, build_model
+
+    context = ContextConfig(latent=config.latent)
+    state = {name: tuple(t.shape) for name, t in build_model(config).state_dict().items()}
+    state |= {f"context.{name}": tuple(t.shape) for name, t in ContextNet(context).state_dict().items()}
+    assert expected_shapes(config, context) == state
+
+
+def _tampered(tmp_path, tiny_model, *, weights=None, meta=None):
+    """A copy of the tiny model with its tensors or model.json edited."""
+    out = save_model(tiny_model, tmp_path / "m", force=True)
+    if weights is not None:
+        arrays = load_file(str(out / "model.safetensors"))
+        weights(arrays)
+        save_file(arrays, str(out / "model.safetensors"))
+    if meta is not None:
+        info = json.loads((out / "model.json").read_text())
+        meta(info)
+        (out / "model.json").write_text(json.dumps(info))
+    return out
+
+
+def _wide_first_layer(w):
+    w["encoder.0.weight"] = np.ones((1000, 1), np.float32)
+    w["encoder.0.bias"] = np.ones(1000, np.float32)
+
+
+@pytest.mark.parametrize("weights, meta, message", [
+    (_wide_first_layer, None, "encoder.0.weight is float32 (1000, 1)"),
+    (lambda w: w.__setitem__("mu.bias", np.ones(9, np.float32)), None, "mu.bias"),
+    (lambda w: w.__setitem__("decoder.0.weight", np.full((13, 7), np.nan, np.float32)), None, "NaN"),
+    (lambda w: w.__setitem__("extra", np.ones(3, np.float32)), None, "unexpected: ['extra']"),
+    (lambda w: w.pop("logvar.weight"), None, "missing: ['logvar.weight']"),
+    (lambda w: w.__setitem__("mu.weight", w["mu.weight"].astype(np.float64)), None, "float64"),
+    (None, lambda m: m["model_config"].__setitem__("hidden", [30, 20, 10]), "implies float32"),
+    (None, lambda m: m["model_config"].__setitem__("hidden", [-5]), "must all be >= 1"),
+    (None, lambda m: m["model_config"].__setitem__("activation", "swish"), "unknown activation"),
+    (None, lambda m: m["model_config"].__setitem__("n_inputs", "many"), "corrupt"),
+    (None, lambda m: m["acquisition"].update(bvals=m["acquisition"]["bvals"][:-1],
+                                             bvecs=m["acquisition"]["bvecs"][:-1]), "protocol has 31 volumes"),
+    (None, lambda m: m.__setitem__("context_config", {"latent": 7}), "missing"),
+    (None, lambda m: m.pop("train_config"), "corrupt"),
+])
+def test_both_loaders_refuse_a_model_whose_files_disagree(tmp_path, tiny_model, weights, meta, message):
+    out = _tampered(tmp_path, tiny_model, weights=weights, meta=meta)
+    for loader in (load_model, load_frozen):
+        with pytest.raises(InputError, match="corrupt|unknown|must all") as err:
+            loader(out)
+        assert message in str(err.value)

@@ -1,8 +1,11 @@
 """The compiled forward pass agrees with torch, and falls back to torch when it cannot be built."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,12 +120,12 @@ def test_torch_is_used_when_asked_or_when_the_kernel_cannot_be_built(monkeypatch
     monkeypatch.setenv("DWIVAE_KERNEL", "torch")
     assert kernel.compiled_forward(net) is None
     monkeypatch.delenv("DWIVAE_KERNEL")
-    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("PATH", "/nonexistent")  # no cc, gcc or clang to be found
     kernel._library.cache_clear()
     try:
         assert kernel.compiled_forward(net) is None
     finally:
-        monkeypatch.delenv("CC")
+        monkeypatch.undo()
         kernel._library.cache_clear()
 
 
@@ -134,17 +137,92 @@ def test_layers_the_kernel_does_not_implement_are_refused():
     assert kernel.compiled_forward(odd) is None
 
 
+@pytest.fixture
+def fresh_kernel_cache(tmp_path, monkeypatch):
+    """An empty kernel cache under tmp_path/cache/kernels (``$DWIVAE_CACHE``), built anew by the test."""
+    monkeypatch.setenv("DWIVAE_CACHE", str(tmp_path / "cache"))
+    kernel._library.cache_clear()
+    yield tmp_path / "cache" / "kernels"
+    kernel._library.cache_clear()
+
+
 @needs_compiler
 def test_kernel_is_built_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("DWIVAE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     kernel._library.cache_clear()
     try:
         assert kernel.compiled_forward(build_model(ModelConfig()).eval()) is not None
         built = list((tmp_path / "dwivae" / "kernels").glob("kernel-*.so"))
         assert len(built) == 1
-        assert not [p for p in built[0].parent.iterdir() if p != built[0]]  # no leftovers
+        record = built[0].with_name(built[0].name + ".sha256")
+        assert {p.name for p in built[0].parent.iterdir()} == {built[0].name, record.name}  # no leftovers
+        assert record.read_text() == hashlib.sha256(built[0].read_bytes()).hexdigest()
     finally:
         kernel._library.cache_clear()
+
+
+def _built_kernel(cache: Path) -> Path:
+    assert kernel.library() is not None
+    (path,) = cache.glob("kernel-*.so")
+    return path
+
+
+@needs_compiler
+def test_a_kernel_replaced_in_the_cache_is_never_loaded(fresh_kernel_cache, tmp_path):
+    path = _built_kernel(fresh_kernel_cache)
+    marker = tmp_path / "constructor-ran"
+    source = tmp_path / "evil.c"
+    source.write_text('#include <stdio.h>\n__attribute__((constructor)) static void run(void) '
+                      f'{{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n')
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(tmp_path / "evil.so"), str(source)], check=True)
+    os.replace(tmp_path / "evil.so", path)  # a new file: the loaded one stays mapped in this process
+    kernel._library.cache_clear()
+    lib = kernel.library()
+    assert not marker.exists()
+    assert lib is not None and hasattr(lib, "dwivae_forward")  # rebuilt from the package's sources
+
+
+@needs_compiler
+def test_a_truncated_kernel_is_rebuilt(fresh_kernel_cache):
+    path = _built_kernel(fresh_kernel_cache)
+    cut = path.with_name("cut.so")
+    cut.write_bytes(path.read_bytes()[:4096])
+    os.replace(cut, path)  # a new file: the loaded one stays mapped in this process
+    kernel._library.cache_clear()
+    assert kernel.compiled_forward(build_model(ModelConfig()).eval()) is not None
+    assert kernel._verified(path)
+
+
+@needs_compiler
+def test_cc_from_the_environment_is_not_run(fresh_kernel_cache, tmp_path, monkeypatch):
+    marker = tmp_path / "cc-ran"
+    fake = tmp_path / "fake-cc"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    assert kernel.library() is not None
+    assert not marker.exists()
+
+
+@needs_compiler
+def test_a_cache_others_may_write_in_is_not_used(fresh_kernel_cache):
+    fresh_kernel_cache.mkdir(parents=True)
+    fresh_kernel_cache.chmod(0o777)
+    assert kernel.library() is not None
+    assert not list(fresh_kernel_cache.iterdir())  # built in a private folder instead, kept nowhere
+
+
+def test_compiled_forward_refuses_layers_whose_shapes_do_not_chain():
+    lib = kernel.library()
+    if lib is None:
+        pytest.skip("no compiled kernel here")
+    w = np.zeros((13, 32), np.float32)
+    with pytest.raises(ValueError, match="do not chain"):
+        kernel.CompiledForward(lib, [(w, np.zeros(1000, np.float32), 1)])
+    with pytest.raises(ValueError, match="do not chain"):
+        kernel.CompiledForward(lib, [(w, np.zeros(13, np.float32), 1), (np.zeros((7, 20), np.float32),
+                                                                          np.zeros(7, np.float32), 0)])
 
 
 def test_linear_layers_without_activation_between_are_folded_where_it_saves_weights():

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,18 +125,61 @@ def _corrupt(path: Path, err: Exception) -> InputError:
     return InputError(f"{path} is corrupt ({type(err).__name__}: {err}): retrain or re-download the model")
 
 
-def load_model(path: str | PathLike[str]) -> TrainedModel:
-    """Load a model directory written by :func:`save_model`.
+def expected_shapes(model_config: ModelConfig, context_config: ContextConfig | None = None) -> dict[str, tuple]:
+    """The shape of every tensor that a model of these configurations stores, by name.
+
+    The layers follow :class:`dwivae.models.Autoencoder` and :class:`dwivae.models.ContextNet`
+    (a test checks the two against each other): each ``Linear`` at its index in its
+    ``Sequential``, activations between them.
+    """
+    widths, latent = model_config.widths(), model_config.latent
+    shapes: dict[str, tuple] = {}
+
+    def linear(name: str, n_in: int, n_out: int) -> None:
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (n_out, n_in), (n_out,)
+
+    for k, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+        linear(f"encoder.{2 * k}", n_in, n_out)
+    linear("mu", widths[-1], latent)
+    if model_config.arch == "vae":
+        linear("logvar", widths[-1], latent)
+    decoder = (latent, *widths[:0:-1], widths[0])
+    for k, (n_in, n_out) in enumerate(zip(decoder[:-1], decoder[1:])):
+        linear(f"decoder.{2 * k}", n_in, n_out)
+    if context_config is not None:
+        c, width = context_config.latent, context_config.width
+        for name, n_in, n_out in (("score.0", 2 * c + 3, width), ("score.2", width, width), ("score.4", width, 1),
+                                  ("refine.0", 2 * c + 1, width), ("refine.2", width, c)):
+            linear(f"{CONTEXT_PREFIX}.{name}", n_in, n_out)
+    return shapes
+
+
+@dataclass
+class ModelFiles:
+    """What a model directory holds, read with numpy and checked (see :func:`read_model_files`)."""
+
+    model_config: ModelConfig
+    train_config: TrainConfig
+    acquisition: Acquisition
+    context_config: ContextConfig | None
+    weights: dict[str, np.ndarray]
+    meta: dict
+
+
+def read_model_files(path: str | PathLike[str]) -> ModelFiles:
+    """Read a model directory and check it in full, before anything is built or run from it.
+
+    Both loaders (:func:`load_model`, :func:`load_frozen`) read through here, so they accept and
+    refuse the same files. Checked: the configurations parse and agree with each other and with
+    the protocol (one input per volume, the context network's latent size), and the weights hold
+    exactly the tensors those configurations imply, each float32 of its shape and finite.
 
     Raises
     ------
     InputError
-        If the directory or a file is missing, unreadable, or of another format version.
+        Naming the directory and what is wrong ("corrupt"), or missing files or another format.
     """
-    from safetensors.torch import load_file
-
-    from dwivae.models import ContextNet, build_model
-    from dwivae.training import TrainedModel
+    from safetensors.numpy import load_file
 
     path = Path(path)
     meta = read_metadata(path)
@@ -143,20 +187,58 @@ def load_model(path: str | PathLike[str]) -> TrainedModel:
         model_config = ModelConfig(**meta["model_config"])
         train_config = TrainConfig(**meta["train_config"])
         acquisition = from_json(meta["acquisition"])
-        network = build_model(model_config)
-        context = ContextNet(ContextConfig(**meta["context_config"])) if "context_config" in meta else None
+        context_config = ContextConfig(**meta["context_config"]) if "context_config" in meta else None
         weights = load_file(str(path / WEIGHTS))
-        prefix = f"{CONTEXT_PREFIX}."
-        network.load_state_dict({k: v for k, v in weights.items() if not k.startswith(prefix)}, strict=True)
-        if context is not None:
-            context.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)},
-                                    strict=True)
-            context.eval()
-    except (KeyError, TypeError, RuntimeError, SafetensorError, OSError) as err:
+    except (KeyError, TypeError, ValueError, SafetensorError, OSError) as err:
         raise _corrupt(path, err) from None
+    if model_config.n_inputs != acquisition.n_volumes:
+        raise _corrupt(path, ValueError(f"the network takes {model_config.n_inputs} inputs but its protocol has "
+                                        f"{acquisition.n_volumes} volumes"))
+    if context_config is not None and context_config.latent != model_config.latent:
+        raise _corrupt(path, ValueError(f"the context network's latent size {context_config.latent} is not the "
+                                        f"autoencoder's {model_config.latent}"))
+    expected = expected_shapes(model_config, context_config)
+    extra, missing = sorted(set(weights) - set(expected)), sorted(set(expected) - set(weights))
+    if extra or missing:
+        raise _corrupt(path, ValueError(f"{WEIGHTS} does not hold the tensors that {METADATA} describes "
+                                        f"(missing: {missing or 'none'}; unexpected: {extra or 'none'})"))
+    for name, shape in expected.items():
+        array = weights[name]
+        if array.dtype != np.float32 or array.shape != shape:
+            raise _corrupt(path, ValueError(f"tensor {name} is {array.dtype} {array.shape}; {METADATA} implies "
+                                            f"float32 {shape}"))
+        if not np.isfinite(array).all():
+            raise _corrupt(path, ValueError(f"tensor {name} holds NaN or infinite values"))
+    return ModelFiles(model_config, train_config, acquisition, context_config, weights, meta)
+
+
+def load_model(path: str | PathLike[str]) -> TrainedModel:
+    """Load a model directory written by :func:`save_model`, checked by :func:`read_model_files`.
+
+    Raises
+    ------
+    InputError
+        If the directory or a file is missing, unreadable, corrupt, or of another format version.
+    """
+    import torch
+
+    from dwivae.models import ContextNet, build_model
+    from dwivae.training import TrainedModel
+
+    files = read_model_files(path)
+    weights = {name: torch.from_numpy(array) for name, array in files.weights.items()}
+    prefix = f"{CONTEXT_PREFIX}."
+    network = build_model(files.model_config)
+    network.load_state_dict({k: v for k, v in weights.items() if not k.startswith(prefix)}, strict=True)
     network.eval()
-    return TrainedModel(network, model_config, train_config, acquisition,
-                        meta.get("history", []), meta.get("summary", {}), context)
+    context = None
+    if files.context_config is not None:
+        context = ContextNet(files.context_config)
+        context.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)},
+                                strict=True)
+        context.eval()
+    return TrainedModel(network, files.model_config, files.train_config, files.acquisition,
+                        files.meta.get("history", []), files.meta.get("summary", {}), context)
 
 
 def load_frozen(path: str | PathLike[str]) -> FrozenModel | None:
@@ -166,18 +248,10 @@ def load_frozen(path: str | PathLike[str]) -> FrozenModel | None:
     ``DWIVAE_KERNEL=torch``, a layer wider than the kernel takes): use :func:`load_model` then.
     Raises InputError as :func:`load_model` does, for a missing, corrupt or incomplete model.
     """
-    from safetensors.numpy import load_file
-
-    path = Path(path)
-    meta = read_metadata(path)
-    try:
-        model = FrozenModel(ModelConfig(**meta["model_config"]), TrainConfig(**meta["train_config"]),
-                            from_json(meta["acquisition"]), load_file(str(path / WEIGHTS)),
-                            ContextConfig(**meta["context_config"]) if "context_config" in meta else None)
-        compiled = model.compiled()
-    except (KeyError, TypeError, ValueError, SafetensorError, OSError) as err:
-        raise _corrupt(path, err) from None
-    return model if compiled is not None else None
+    files = read_model_files(path)
+    model = FrozenModel(files.model_config, files.train_config, files.acquisition, files.weights,
+                        files.context_config)
+    return model if model.compiled() is not None else None
 
 
 def cache_dir() -> Path:

@@ -53,6 +53,8 @@ class ModelConfig:
         step = (self.n_inputs - self.latent) / 4
         hidden = self.hidden or tuple(round(self.n_inputs - step * k) for k in (1, 2, 3))
         object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
+        if any(h < 1 for h in self.hidden):
+            raise InputError(f"hidden widths {list(self.hidden)} must all be >= 1")
 
     def widths(self) -> tuple[int, ...]:
         """Encoder widths from input to the last hidden layer, e.g. (32, 26, 20, 13)."""

@@ -3,9 +3,11 @@ filter of the brain mask, in C.
 
 ``forward.c``, ``train_step.c``, ``train_loop.c``, ``noisy_copies.c`` (with their headers) and
 ``median.c`` are built with the system C
-compiler on first use into ``$XDG_CACHE_HOME/dwivae/kernels`` (``-O3 -march=native``, 0.3 s; keyed by the
-sources, the compiler and the CPU's feature flags) and loaded with ctypes, which releases the GIL,
-so chunks of voxels or samples run in parallel threads.
+compiler (``cc``, ``gcc`` or ``clang`` on PATH) on first use into :func:`kernel_dir` (``-O3
+-march=native``, 0.3 s; keyed by the sources, the compiler and the CPU's feature flags) and loaded
+with ctypes, which releases the GIL, so chunks of voxels or samples run in parallel threads. A
+cached kernel is loaded only if its SHA-256 is the one recorded when it was built and its folder is
+the user's own and writable by no one else; otherwise it is built again.
 
 The networks are small (32-26-20-13-7 and back for seed32), so a batched torch pass is bound by
 skinny matrix products and by one pass over memory per layer and activation. The kernels instead
@@ -53,9 +55,51 @@ Layer = tuple[np.ndarray, np.ndarray, int]
 
 
 def kernel_dir() -> Path:
-    """Where the built kernel is kept: ``$XDG_CACHE_HOME/dwivae/kernels`` (default ``~/.cache``)."""
+    """Where the built kernel is kept: ``$DWIVAE_CACHE/kernels`` where that is set (the models'
+    cache), else ``$XDG_CACHE_HOME/dwivae/kernels`` (default ``~/.cache/dwivae/kernels``)."""
+    if os.environ.get("DWIVAE_CACHE"):
+        return Path(os.environ["DWIVAE_CACHE"]) / "kernels"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "dwivae" / "kernels"
+
+
+def _private(directory: Path) -> bool:
+    """Create ``directory`` (mode 700) if needed; whether it is this user's own and no one else may write in it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = directory.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _build(compiler: str, sources: dict[str, bytes], path: Path) -> None:
+    """Compile the sources into ``path`` (renamed into place when complete) and record its digest
+    beside it, in ``<path>.sha256``."""
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        for name, text in sources.items():
+            (Path(tmp) / name).write_bytes(text)
+        built = Path(tmp) / path.name
+        subprocess.run([compiler, *FLAGS, "-o", str(built),
+                        *(str(Path(tmp) / name) for name in SOURCES if name.endswith(".c"))],
+                       check=True, capture_output=True, timeout=120)
+        record = Path(tmp) / "digest"
+        record.write_text(_digest(built))
+        os.replace(built, path)
+        os.replace(record, path.with_name(path.name + ".sha256"))
+
+
+def _verified(path: Path) -> bool:
+    """Whether ``path`` is the file that was built there: its digest is the one recorded at the build."""
+    record = path.with_name(path.name + ".sha256")
+    try:
+        return path.is_file() and record.read_text().strip() == _digest(path)
+    except OSError:
+        return False
 
 
 def _cpu_signature() -> str:
@@ -69,25 +113,25 @@ def _cpu_signature() -> str:
 
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    # The compiler is looked up on PATH, never taken from $CC: denoising a file must not run a
+    # program named by the environment.
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not compiler:
         return None
     sources = {name: resources.files("dwivae").joinpath(name).read_bytes() for name in SOURCES}
     key = hashlib.sha256(b"\0".join([*sources.values(), compiler.encode(), " ".join(FLAGS).encode(),
                                      _cpu_signature().encode(), platform.platform().encode()]))
-    path = kernel_dir() / f"kernel-{key.hexdigest()[:16]}.so"
+    name = f"kernel-{key.hexdigest()[:16]}.so"
     try:
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                for name, text in sources.items():
-                    (Path(tmp) / name).write_bytes(text)
-                built = Path(tmp) / path.name
-                subprocess.run([compiler, *FLAGS, "-o", str(built),
-                                *(str(Path(tmp) / name) for name in SOURCES if name.endswith(".c"))],
-                               check=True, capture_output=True, timeout=120)
-                os.replace(built, path)
-        lib = ctypes.CDLL(str(path))
+        if _private(kernel_dir()):
+            path = kernel_dir() / name
+            if not _verified(path):  # missing, truncated, or replaced since it was built
+                _build(compiler, sources, path)
+            lib = ctypes.CDLL(str(path))
+        else:  # a cache others may write in: build afresh in a private folder, and keep nothing
+            with tempfile.TemporaryDirectory() as tmp:
+                _build(compiler, sources, Path(tmp) / name)
+                lib = ctypes.CDLL(str(Path(tmp) / name))
     except (OSError, subprocess.SubprocessError):
         return None
     f32, i32 = (ctypes.POINTER(t) for t in (ctypes.c_float, ctypes.c_int))
@@ -196,6 +240,13 @@ class CompiledForward:
 
     def __init__(self, library: ctypes.CDLL, layers: list[Layer]) -> None:
         self._fn = library.dwivae_forward
+        width = np.shape(layers[0][0])[1] if layers and np.ndim(layers[0][0]) == 2 else -1
+        for w, b, _ in layers:  # forward.c reads with these widths: they must be the arrays' own
+            if np.ndim(w) != 2 or np.shape(w)[1] != width or np.shape(b) != (np.shape(w)[0],):
+                raise ValueError(f"layer shapes do not chain: W {np.shape(w)}, b {np.shape(b)} after width {width}")
+            width = np.shape(w)[0]
+        if not 1 <= max(max(np.shape(w)) for w, _, _ in layers) <= MAX_WIDTH:
+            raise ValueError(f"a layer is wider than the kernel's {MAX_WIDTH}")
         stack = in_eighths_units(merge_linear([(np.asarray(w, np.float64), np.asarray(b, np.float64), code)
                                                for w, b, code in layers]))
         widths = [stack[0][0].shape[1]] + [len(b) for _, b, _ in stack]
