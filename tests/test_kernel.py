@@ -237,3 +237,11 @@ def test_linear_layers_without_activation_between_are_folded_where_it_saves_weig
     w1, b1, _ = layers[0]
     w2, b2, _ = layers[1]
     np.testing.assert_allclose(merged[0][0] @ x + merged[0][1], w2 @ (w1 @ x + b1) + b2)
+
+
+@needs_compiler
+def test_loading_the_kernel_keeps_subnormal_numbers(fresh_kernel_cache):
+    # linked with -ffast-math, gcc's crtfastmath.o would set flush-to-zero for the whole process
+    assert kernel.library() is not None
+    tiny = np.finfo(np.float32).smallest_subnormal
+    assert tiny * np.float32(2) > 0

@@ -8,6 +8,7 @@ built-in protocols (``seed32``: the study's 2 volumes at b=50 and 30 directions 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -20,7 +21,7 @@ B0_THRESHOLD = 50.0
 """b-values at or below this (s/mm²) are non-diffusion-weighted "b0" volumes (DIPY's default)."""
 
 SHELL_TOLERANCE = 100.0
-"""b-values closer than this (s/mm²) to their neighbour belong to one shell."""
+"""No two b-values (s/mm²) of one shell differ by more than this (see :class:`Acquisition`)."""
 
 UNIT_NORM_TOLERANCE = 0.1
 """Directions at b > threshold must have a norm within this of 1; they are then renormalised."""
@@ -61,7 +62,9 @@ class Acquisition:
     b0_threshold : float, s/mm²
         Volumes with ``b <= b0_threshold`` are b0 volumes.
     shell_tolerance : float, s/mm²
-        Sorted b-values that differ by at most this from their neighbour form one shell.
+        No two b-values of one shell differ by more than this: from the lowest b-value up, a
+        shell takes every b-value within the tolerance of its first, and the next one starts a
+        new shell (so a ramp of b-values never chains into one shell).
     name : str
         A label for messages and model files (the file name or the built-in protocol's name).
     """
@@ -102,9 +105,12 @@ class Acquisition:
         labels : (N,) int ndarray
         """
         order = np.argsort(self.bvals, kind="stable")
-        gaps = np.diff(self.bvals[order]) > self.shell_tolerance
         labels = np.empty(self.n_volumes, dtype=np.int64)
-        labels[order] = np.concatenate([[0], np.cumsum(gaps)])
+        shell, start = 0, self.bvals[order[0]]
+        for k in order:  # a shell starts at its lowest b-value and takes what lies within the tolerance
+            if self.bvals[k] - start > self.shell_tolerance:
+                shell, start = shell + 1, self.bvals[k]
+            labels[k] = shell
         return labels
 
     def shells(self) -> np.ndarray:
@@ -147,27 +153,29 @@ class Acquisition:
         shells = ", ".join(f"b={int(b)}" for b in self.shells() if b > self.b0_threshold)
         return f"{self.name}: {self.n_volumes} volumes, {int(self.b0_mask.sum())} b0, shells {shells}"
 
-    def mismatch(self, other: Acquisition) -> str | None:
+    def mismatch(self, other: Acquisition, *, names: tuple[str, str] | None = None) -> str | None:
         """Say how ``other`` differs from this protocol, or return None when they match.
+
+        ``names`` label this protocol and ``other`` in the message (default: their names).
 
         They match when the volume counts are equal, each volume's b-value lies within the shell
         tolerance of the other's, and each direction agrees within
         ``DIRECTION_TOLERANCE_DEG`` up to sign (b0 volumes' directions are ignored).
         """
+        mine, theirs = names or (self.name, other.name)
         if other.n_volumes != self.n_volumes:
-            return f"{other.name} has {other.n_volumes} volumes but {self.name} has {self.n_volumes}"
+            return f"{theirs} has {other.n_volumes} volumes but {mine} has {self.n_volumes}"
         db = np.abs(other.bvals - self.bvals)
         if np.any(db > self.shell_tolerance):
             k = int(np.argmax(db))
-            return (f"volume {k} has b={other.bvals[k]:g} in {other.name} "
-                    f"but b={self.bvals[k]:g} in {self.name}")
+            return f"volume {k} has b={other.bvals[k]:g} in {theirs} but b={self.bvals[k]:g} in {mine}"
         weighted = ~self.b0_mask & ~other.b0_mask
         cosines = np.abs(np.sum(other.bvecs * self.bvecs, axis=1))
         bad = weighted & (cosines < np.cos(np.radians(DIRECTION_TOLERANCE_DEG)))
         if np.any(bad):
             k = int(np.argmax(bad))
             angle = np.degrees(np.arccos(np.clip(cosines[k], 0, 1)))
-            return f"volume {k} direction differs by {angle:.1f} degrees between {other.name} and {self.name}"
+            return f"volume {k} direction differs by {angle:.1f} degrees between {theirs} and {mine}"
         return None
 
     def to_json(self) -> dict:
@@ -194,19 +202,21 @@ def from_json(obj: dict) -> Acquisition:
 
 
 def _validate_gradients(
-    bvals: np.ndarray, bvecs: np.ndarray, *, b0_threshold: float, source: str
+    bvals: np.ndarray, bvecs: np.ndarray, *, b0_threshold: float, source: str, bvec_source: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Check shapes and values; return bvals (N,) and renormalised bvecs (N, 3)."""
+    """Check shapes and values; return bvals (N,) and renormalised bvecs (N, 3). Messages about
+    b-values name ``source``, those about directions ``bvec_source`` (default: ``source``)."""
+    bvec_source = bvec_source or source
     if bvals.ndim != 1 or bvals.size == 0:
         raise InputError(f"{source}: b-values must be one non-empty row, got shape {bvals.shape}")
     if bvecs.ndim != 2 or 3 not in bvecs.shape:
-        raise InputError(f"{source}: gradient directions must be 3 x N or N x 3, got shape {bvecs.shape}")
+        raise InputError(f"{bvec_source}: gradient directions must be 3 x N or N x 3, got shape {bvecs.shape}")
     if bvecs.shape[0] == 3 and bvecs.shape[1] == bvals.size:
         bvecs = bvecs.T  # FSL's layout: one row per axis
     elif bvecs.shape[1] != 3:
         bvecs = bvecs.T
     if bvecs.shape[0] != bvals.size:
-        raise InputError(f"{source}: the bvec file has {bvecs.shape[0]} directions "
+        raise InputError(f"{bvec_source}: the bvec file has {bvecs.shape[0]} directions "
                          f"but the bval file has {bvals.size} b-values")
     if not np.all(np.isfinite(bvals)):
         raise InputError(f"{source}: b-values must be finite numbers (found NaN or inf)")
@@ -215,14 +225,14 @@ def _validate_gradients(
     weighted = bvals > b0_threshold
     if not np.all(np.isfinite(bvecs[weighted])):
         k = int(np.argmax(weighted & ~np.isfinite(bvecs).all(axis=1)))
-        raise InputError(f"{source}: volume {k} has b={bvals[k]:g} but a non-finite direction; "
+        raise InputError(f"{bvec_source}: volume {k} has b={bvals[k]:g} but a non-finite direction; "
                          "every diffusion-weighted volume needs a finite unit direction")
     bvecs = np.where(np.isfinite(bvecs), bvecs, 0.0)  # b0 volumes: NaN directions (as some tools write) mean none
     norms = np.linalg.norm(bvecs, axis=1)
     bad = weighted & (np.abs(norms - 1.0) > UNIT_NORM_TOLERANCE)
     if np.any(bad):
         k = int(np.argmax(bad))
-        raise InputError(f"{source}: volume {k} has b={bvals[k]:g} but a direction of length "
+        raise InputError(f"{bvec_source}: volume {k} has b={bvals[k]:g} but a direction of length "
                          f"{norms[k]:.3g}; every volume above b={b0_threshold:g} needs a unit direction")
     unit = np.zeros_like(bvecs)
     nonzero = norms > 1e-6
@@ -232,12 +242,19 @@ def _validate_gradients(
 
 def _read_table(path: Path, what: str) -> np.ndarray:
     """Read a whitespace-separated numeric text file, naming it on failure."""
+    if path.is_dir():
+        raise InputError(f"{what} file {path} is a directory: give the .{what} file itself")
     if not path.is_file():
         raise InputError(f"{what} file {path} does not exist")
     try:
-        return np.atleast_1d(np.loadtxt(path, dtype=np.float64, ndmin=1))
-    except (ValueError, OSError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty file is reported below, not as numpy's warning
+            table = np.atleast_1d(np.loadtxt(path, dtype=np.float64, ndmin=1))
+    except (ValueError, OSError, UnicodeDecodeError) as err:
         raise InputError(f"{what} file {path} is not a table of numbers ({err})") from None
+    if table.size == 0:
+        raise InputError(f"{what} file {path} is empty: give the {what} file written with the image")
+    return table
 
 
 def load_acquisition(
@@ -268,8 +285,11 @@ def load_acquisition(
     vectors = _read_table(bvec_path, "bvec")
     if vectors.ndim == 1:
         vectors = vectors[None, :] if vectors.size == 3 else vectors
-    return Acquisition(values, np.atleast_2d(vectors), b0_threshold=b0_threshold,
-                       shell_tolerance=shell_tolerance, name=bval_path.name)
+    vectors = np.atleast_2d(vectors)
+    _validate_gradients(values, vectors, b0_threshold=b0_threshold, source=bval_path.name,
+                        bvec_source=bvec_path.name)
+    return Acquisition(values, vectors, b0_threshold=b0_threshold, shell_tolerance=shell_tolerance,
+                       name=bval_path.name)
 
 
 def save_acquisition(acq: Acquisition, bvals: str | PathLike[str], bvecs: str | PathLike[str]) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 import warnings
@@ -520,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():  # numpy's and torch's warnings are not for the user: errors say it all
             warnings.simplefilter("ignore")
+            logging.getLogger("nibabel").setLevel(logging.CRITICAL)  # header repairs it logs as it reads
             args.run(args)
     except (InputError, OSError) as err:
         print(f"dwivae {args.command}: error: {err}", file=sys.stderr)

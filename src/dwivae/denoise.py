@@ -47,19 +47,21 @@ class DenoiseStats:
     denoised: int = 0
     skipped: int = 0
     outside_mask: int = 0
+    non_finite: int = 0
     seconds: float = 0.0
     engine: str = "torch"
 
     def line(self) -> str:
         """One log line for the user."""
         return (f"denoised {self.denoised} voxels, left {self.skipped} with S0 <= 0 or non-finite values "
-                f"and {self.outside_mask} outside the mask unchanged, in {self.seconds:.2f} s "
-                f"({self.engine} forward pass)")
+                f"and {self.outside_mask} outside the mask unchanged ({self.non_finite} voxels of the image hold "
+                f"non-finite values), in {self.seconds:.2f} s ({self.engine} forward pass)")
 
 
 def check_protocol(model: Model, acq: Acquisition, *, model_name: str = "the model") -> None:
     """Refuse data whose protocol is not the model's, saying how to get a matching model."""
-    problem = model.acquisition.mismatch(acq)
+    problem = model.acquisition.mismatch(acq, names=(f"the model's protocol ({model.acquisition.name})",
+                                                     f"the data's ({acq.name})"))
     if problem is not None:
         raise InputError(f"{model_name} was trained for another protocol ({problem}): train one for this "
                          "data with `dwivae train --bvals ... --bvecs ... --out DIR`, or pass --train")
@@ -406,8 +408,11 @@ def denoise(
 
 def auto_mask(img, acq: Acquisition) -> np.ndarray:
     """Brain mask from the mean b0 volume: DIPY's ``median_otsu`` (radius 2, one pass), as
-    :func:`dwivae.mask.median_otsu_mask` computes it."""
-    return median_otsu_mask(b0_volumes(img, acq).mean(axis=-1))
+    :func:`dwivae.mask.median_otsu_mask` computes it; non-finite values count as 0 (background),
+    so that a few NaN voxels neither move Otsu's threshold nor spread through the median."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean_b0 = b0_volumes(img, acq).mean(axis=-1)
+    return median_otsu_mask(np.where(np.isfinite(mean_b0), mean_b0, 0.0))
 
 
 def b0_volumes(img, acq: Acquisition) -> np.ndarray:
@@ -554,6 +559,7 @@ def denoise_file(
         for z0, z1, data in tqdm(io.iter_slabs(img, slab=slab), total=-(-img.shape[2] // slab),
                                  desc="denoise", unit="slab", disable=not progress):
             sel = inside[:, :, z0:z1]
+            stats.non_finite += int((~np.isfinite(data)).any(axis=-1).sum())
             signals = data[sel]
             any_signal = any_signal or bool(np.any(signals[np.isfinite(signals)] != 0))
             denoised, valid, std = denoise_signals(
@@ -594,6 +600,7 @@ def denoise_file(
             "VoxelsDenoised": stats.denoised,
             "VoxelsSkipped": stats.skipped,
             "VoxelsOutsideMask": stats.outside_mask,
+            "VoxelsNonFinite": stats.non_finite,
             "Seconds": round(stats.seconds, 3),
             "ForwardPass": stats.engine,
             "Outputs": {name: path.name for name, path in paths.items() if name != "sidecar"},

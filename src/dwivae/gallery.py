@@ -298,15 +298,22 @@ def load_outputs(outputs: Sequence[str | PathLike[str]]) -> DenoisedOutputs:
     gradients = infos[0].get("GradientFiles")
     bval, bvec = (gradients["bval"], gradients["bvec"]) if gradients else io.find_gradient_files(source)
     acq = load_acquisition(bval, bvec)
-    noisy = np.asarray(io.load_dwi(source).dataobj, dtype=np.float32)
+    source_img = io.load_dwi(source)
     names = [i["Model"]["arch"].upper() for i in infos]
     if len(set(names)) < len(names):
         names = [io.sidecar_path(p).stem for p in paths]
     denoised = {}
-    for name, path in zip(names, paths):
-        denoised[name] = np.asarray(nib.load(path).dataobj, dtype=np.float32)
-        if denoised[name].shape != noisy.shape:
-            raise InputError(f"{path} has shape {denoised[name].shape} but its input {source.name} has {noisy.shape}")
+    for name, path, info in zip(names, paths, infos):
+        # a sidecar's paths are followed only to files that belong to this output
+        img = io.load_dwi(path)
+        if img.shape != source_img.shape or not np.allclose(img.affine, source_img.affine, atol=io.AFFINE_TOLERANCE):
+            raise InputError(f"{io.sidecar_path(path).name} names {source} as the input of {path.name}, but they are "
+                             "not on one grid: the sidecar does not belong to this output")
+        if info.get("ProtocolFingerprint") != acq.fingerprint():
+            raise InputError(f"the gradient files {bval} named in {io.sidecar_path(path).name} are not the protocol "
+                             f"{path.name} was denoised with: the sidecar does not belong to this output")
+        denoised[name] = np.asarray(img.dataobj, dtype=np.float32)
+    noisy = np.asarray(source_img.dataobj, dtype=np.float32)
     return DenoisedOutputs(source, acq, noisy, denoised, dict(zip(names, infos)), dict(zip(names, paths)))
 
 
@@ -348,7 +355,9 @@ def draw_figures(out_dir: str | PathLike[str], *, outputs: DenoisedOutputs | Non
         for name, info in outputs.sidecars.items():
             model_dir = Path(info["Model"].get("path", ""))
             if info["Model"].get("fingerprint") not in given and (model_dir / "model.json").is_file():
-                models.setdefault(name, load_model(model_dir))
+                model = load_model(model_dir)
+                if model_fingerprint(model) == info["Model"].get("fingerprint"):  # the model that denoised it
+                    models.setdefault(name, model)
         drawn["in_vivo"], numbers["in_vivo"] = volume_figures(outputs.noisy, outputs.denoised, outputs.acq, out_dir,
                                                               fmt=fmt, slices=slices)
         mask = changed_voxels(outputs.noisy, outputs.denoised, ~outputs.acq.b0_mask)

@@ -50,12 +50,32 @@ def _open_nifti(path: str | PathLike[str]) -> nib.Nifti1Image:
         raise InputError(f"{path} does not exist or is not a file: check the path")
     try:
         img = nib.load(path, mmap=True)
-    except (OSError, EOFError, ValueError, ImageFileError, HeaderDataError) as err:
+    except (OSError, EOFError, ValueError, OverflowError, ImageFileError, HeaderDataError) as err:
         raise InputError(f"{path} could not be read as NIfTI ({err}): give a .nii or .nii.gz image") from None
     if not isinstance(img, nib.Nifti1Image):  # NIfTI-2 images subclass it; .hdr/.img pairs do not
         raise InputError(f"{path} is a {type(img).__name__}, not a single-file NIfTI: "
                          "convert it to .nii or .nii.gz (e.g. with mrconvert or dcm2niix)")
+    _check_size(path, img)
     return img
+
+
+GZIP_MAX_RATIO = 1032
+"""deflate expands at most ~1032-fold: a .nii.gz smaller than its data / this cannot hold it."""
+
+
+def _check_size(path: Path, img: nib.Nifti1Image) -> None:
+    """Refuse a header whose dimensions need more bytes than the file can hold, before anything
+    is allocated for them (a corrupt or hostile header claiming 30000³ voxels)."""
+    shape = img.shape
+    if any(n < 1 for n in shape):
+        raise InputError(f"{path} has a dimension of size 0 in its header {shape}: the file is corrupt, re-export it")
+    needed = int(np.prod(shape, dtype=object)) * img.header.get_data_dtype().itemsize
+    size = path.stat().st_size
+    compressed = path.name.lower().endswith(".gz")
+    offset = int(getattr(img.dataobj, "offset", 0))  # the loaded header's own offset is reset to 0
+    if (needed > size * GZIP_MAX_RATIO) if compressed else (needed + offset > size):
+        raise InputError(f"{path} is truncated or corrupt: its header claims {'x'.join(map(str, shape))} "
+                         f"{img.header.get_data_dtype()} voxels, more than its {size} bytes can hold; re-export it")
 
 
 def load_dwi(path: str | PathLike[str]) -> nib.Nifti1Image:
@@ -114,7 +134,7 @@ def iter_slabs(img: nib.Nifti1Image, *, slab: int = 8) -> Iterator[tuple[int, in
         z1 = min(z0 + slab, n_slices)
         try:
             data = np.asarray(img.dataobj[:, :, z0:z1, :], dtype=np.float32)
-        except (OSError, EOFError, ValueError) as err:
+        except (OSError, EOFError, ValueError, OverflowError) as err:
             raise InputError(f"{img.get_filename()} could not be read at slices {z0}-{z1 - 1} ({err}): "
                              "the file is truncated or corrupt, re-export it") from None
         yield z0, z1, data

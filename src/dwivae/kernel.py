@@ -39,7 +39,11 @@ import numpy as np
 SOURCES = ("simd.h", "counter_random.h", "train_step.h", "forward.c", "train_step.c", "train_loop.c", "noisy_copies.c",
            "median.c")
 """The kernel's C sources (package data); the .c files are compiled into one shared library."""
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-funroll-loops", "-std=gnu11", "-pthread", "-fPIC", "-shared")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-funroll-loops", "-std=gnu11", "-pthread", "-fPIC")
+"""Compiler flags of each source file."""
+LINK_FLAGS = ("-shared", "-pthread")
+"""Flags of the link, without -ffast-math: linked with it, gcc adds crtfastmath.o, which on loading
+the library sets flush-to-zero for the whole process, so numpy and DIPY would lose subnormal numbers."""
 MAX_WIDTH = 1024
 """The widest layer the kernel takes (``MAXW`` in forward.c)."""
 ACTIVATION_CODES = {"ELU": 1, "Sigmoid": 2, "ReLU": 3, "LeakyReLU": 4}
@@ -84,9 +88,14 @@ def _build(compiler: str, sources: dict[str, bytes], path: Path) -> None:
         for name, text in sources.items():
             (Path(tmp) / name).write_bytes(text)
         built = Path(tmp) / path.name
-        subprocess.run([compiler, *FLAGS, "-o", str(built),
-                        *(str(Path(tmp) / name) for name in SOURCES if name.endswith(".c"))],
-                       check=True, capture_output=True, timeout=120)
+        objects = []
+        for name in SOURCES:
+            if name.endswith(".c"):
+                objects.append(str(Path(tmp) / f"{name}.o"))
+                subprocess.run([compiler, *FLAGS, "-c", "-o", objects[-1], str(Path(tmp) / name)],
+                               check=True, capture_output=True, timeout=120)
+        subprocess.run([compiler, *LINK_FLAGS, "-o", str(built), *objects], check=True, capture_output=True,
+                       timeout=120)
         record = Path(tmp) / "digest"
         record.write_text(_digest(built))
         os.replace(built, path)
@@ -119,7 +128,7 @@ def _library() -> ctypes.CDLL | None:
     if not compiler:
         return None
     sources = {name: resources.files("dwivae").joinpath(name).read_bytes() for name in SOURCES}
-    key = hashlib.sha256(b"\0".join([*sources.values(), compiler.encode(), " ".join(FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([*sources.values(), compiler.encode(), " ".join(FLAGS + LINK_FLAGS).encode(),
                                      _cpu_signature().encode(), platform.platform().encode()]))
     name = f"kernel-{key.hexdigest()[:16]}.so"
     try:
