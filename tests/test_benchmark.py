@@ -58,7 +58,8 @@ def test_benchmark_command_writes_the_numbers_it_prints(phantom_dir, tmp_path, c
     assert table == format_markdown(results) and table.strip() in printed
     assert "| dae_64 | skipped: model for another protocol" in table
     for method, row in rows.items():
-        assert f"| {method} | {row['signal_rmse']:.2f} | {row['psnr_db']:.1f} | {row['fa_mae']['WM']:.4f} |" in table
+        assert (f"| {method} | {row['signal_rmse']:.2f} | {row['fa_mae']['all']:.4f} | {row['md_mae']['all'] * 1e6:.1f} "
+                f"| {row['rmse']['WM']:.1f} / {row['rmse']['GM']:.1f} /") in table
     assert (out / "fa_maps_seed32_snr20.png").stat().st_size > 5000
     assert main(argv) == 2 and "pass --force" in capsys.readouterr().err
     assert main(["benchmark", "--phantom", str(tmp_path), "--out", str(tmp_path / "b2")]) == 2

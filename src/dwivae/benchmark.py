@@ -53,13 +53,38 @@ def dti_fit(data: np.ndarray, acq: Acquisition, mask: np.ndarray) -> dict[str, n
     return {"fa": np.nan_to_num(fit.fa), "md": fit.md, "v1": fit.evecs[..., 0]}
 
 
+def has_kurtosis(acq: Acquisition) -> bool:
+    """Whether the protocol supports a kurtosis (DKI) fit: two diffusion-weighted shells or more,
+    the highest at b >= 2000 s/mm²."""
+    shells = acq.shells()[acq.shells() > acq.b0_threshold]
+    return len(shells) >= 2 and shells.max() >= 2000
+
+
+def mean_kurtosis(data: np.ndarray, acq: Acquisition, mask: np.ndarray) -> np.ndarray:
+    """Mean kurtosis of DIPY's WLS kurtosis fit in ``mask`` (clipped to [0, 3], as DIPY's ``mk(0, 3)``)."""
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dki import DiffusionKurtosisModel
+
+    gtab = gradient_table(acq.bvals, bvecs=np.where(np.isfinite(acq.bvecs), acq.bvecs, 0.0),
+                          b0_threshold=acq.b0_threshold)
+    fit = DiffusionKurtosisModel(gtab, fit_method="WLS").fit(data[mask])
+    return np.nan_to_num(fit.mk(min_kurtosis=0, max_kurtosis=3))
+
+
+def _per_tissue(values: np.ndarray, tissue: np.ndarray, reduce=np.mean) -> dict[str, float]:
+    """``reduce`` of ``values`` in each tissue class, and over all of them (``all``)."""
+    return {name: float(reduce(values[tissue == v])) if np.any(tissue == v) else float("nan")
+            for name, v in TISSUES.items()} | {"all": float(reduce(values))}
+
+
 def score(denoised: np.ndarray, clean: np.ndarray, labels: np.ndarray, reference: Mapping[str, np.ndarray],
           acq: Acquisition) -> dict:
     """Errors of one denoised series against the clean one and its DTI fit ``reference``.
 
     Besides the absolute errors: ``signal_bias_dw``, the mean signed error of the diffusion-weighted
-    volumes in the mask (a noise floor makes it positive), and ``md_bias``, the mean signed MD error
-    per tissue.
+    volumes in the mask (a noise floor makes it positive), and ``fa_bias`` and ``md_bias``, the mean
+    signed errors per tissue. With ``reference["mk"]`` (multi-shell protocols), also ``mk_mae`` and
+    ``mk_bias``: the mean kurtosis of a DKI fit.
     """
     mask = labels > 0
     err = denoised[mask] - clean[mask]
@@ -71,15 +96,22 @@ def score(denoised: np.ndarray, clean: np.ndarray, labels: np.ndarray, reference
     md_err = np.abs(md_diff)
     wm = tissue == TISSUES["WM"]
     cosine = np.abs(np.sum(fit["v1"][wm] * reference["v1"][wm], axis=-1)).clip(0, 1)
-    return {
+    scores = {
         "signal_rmse": rmse,
+        "rmse": _per_tissue(np.mean(err ** 2, axis=1), tissue, lambda v: np.sqrt(np.mean(v))),
         "psnr_db": float(20 * np.log10(clean[mask].max() / rmse)) if rmse > 0 else float("inf"),
-        "fa_mae": {name: float(fa_err[tissue == v].mean()) for name, v in TISSUES.items()} | {"all": float(fa_err.mean())},
-        "md_mae": {name: float(md_err[tissue == v].mean()) for name, v in TISSUES.items()} | {"all": float(md_err.mean())},
-        "md_bias": {name: float(md_diff[tissue == v].mean()) for name, v in TISSUES.items()},
+        "fa_mae": _per_tissue(fa_err, tissue),
+        "fa_bias": _per_tissue(fit["fa"] - reference["fa"], tissue),
+        "md_mae": _per_tissue(md_err, tissue),
+        "md_bias": _per_tissue(md_diff, tissue),
         "signal_bias_dw": float(err[:, ~acq.b0_mask].mean()),
         "angle_wm_deg": float(np.degrees(np.arccos(cosine)).mean()),
     }
+    if "mk" in reference:
+        mk_diff = mean_kurtosis(denoised, acq, mask) - reference["mk"]
+        scores["mk_mae"] = _per_tissue(np.abs(mk_diff), tissue)
+        scores["mk_bias"] = _per_tissue(mk_diff, tissue)
+    return scores
 
 
 def _model_for(arch: str, acq: Acquisition, given: Sequence[TrainedModel], seed: int,
@@ -147,7 +179,10 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
         acq, labels, clean = phantom["acq"], phantom["labels"], phantom["clean"]
         mask = labels > 0
         reference = dti_fit(clean, acq, mask)
-        entry = {"settings": {k: phantom["info"].get(k) for k in ("snr", "noise", "coils", "seed", "shape", "sigma")}
+        if has_kurtosis(acq):
+            reference["mk"] = mean_kurtosis(clean, acq, mask)
+        entry = {"settings": {k: phantom["info"].get(k) for k in ("tissue", "snr", "noise", "coils", "seed", "shape",
+                                                                  "sigma")}
                  | {"protocol": acq.describe()}, "methods": {}}
         maps = {"clean": _fa_slice(reference["fa"], mask)}
         runs = [(m, m, _model_for(m, acq, models, seed, log) if m in ("vae", "dae") else None) for m in methods]
@@ -213,22 +248,33 @@ def _fa_slice(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def format_markdown(results: Mapping) -> str:
-    """The results as Markdown tables, one per phantom (the numbers of ``results.json``)."""
+    """The results as Markdown tables, one per phantom (the numbers of ``results.json``): errors
+    over all tissue first, then per tissue (WM, GM, CSF, crossing), MD in 1e-6 mm²/s."""
     lines = []
     for name, entry in results["phantoms"].items():
         s = entry["settings"]
-        lines += [f"### {name}: {s['protocol']}, {s['noise']} noise, SNR {s['snr']:g}", "",
-                  "| method | RMSE | PSNR dB | FA err WM | FA err GM | FA err CSF | FA err crossing | "
-                  "MD err WM (1e-6 mm²/s) | MD err GM | MD err CSF | angle WM (deg) | DW bias | seconds |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        kurtosis = any("mk_mae" in row for row in entry["methods"].values())
+        head = ["method", "RMSE", "FA err", "MD err", *(["MK err"] if kurtosis else []),
+                "RMSE WM / GM / CSF / X", "FA err WM / GM / CSF / X", "MD err WM / GM / CSF / X",
+                "MD bias WM / GM / CSF / X", *(["MK err WM / GM / CSF / X"] if kurtosis else []), "angle WM (deg)",
+                "seconds"]
+        lines += [f"### {name}: {s['protocol']}, {s['noise']} noise" + (f" ({s['coils']} coils)" if (s.get('coils') or 1) > 1
+                                                                         else "") + f", SNR {s['snr']:g}", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method, row in entry["methods"].items():
             if row["status"] != "ok":
-                lines.append(f"| {method} | {row['status']}: {row['note']} |" + " |" * 11)
+                lines.append(f"| {method} | {row['status']}: {row['note']} |" + " |" * (len(head) - 2))
                 continue
-            fa_cells = " | ".join(f"{row['fa_mae'][t]:.4f}" for t in ("WM", "GM", "CSF", "crossing"))
-            md_cells = " | ".join(f"{row['md_mae'][t] * 1e6:.1f}" for t in ("WM", "GM", "CSF"))
-            lines.append(f"| {method} | {row['signal_rmse']:.2f} | {row['psnr_db']:.1f} | {fa_cells} | {md_cells} | "
-                         f"{row['angle_wm_deg']:.2f} | {row['signal_bias_dw']:.2f} | {row['seconds']:.1f} |")
+
+            def tissues(key: str, scale: float = 1.0, fmt: str = ".4f") -> str:
+                return " / ".join(f"{row[key][t] * scale:{fmt}}" for t in ("WM", "GM", "CSF", "crossing"))
+
+            cells = [method, f"{row['signal_rmse']:.2f}", f"{row['fa_mae']['all']:.4f}",
+                     f"{row['md_mae']['all'] * 1e6:.1f}", *([f"{row['mk_mae']['all']:.3f}"] if kurtosis else []),
+                     tissues("rmse", fmt=".1f"), tissues("fa_mae"), tissues("md_mae", 1e6, ".1f"),
+                     tissues("md_bias", 1e6, ".1f"), *([tissues("mk_mae", fmt=".3f")] if kurtosis else []),
+                     f"{row['angle_wm_deg']:.2f}", f"{row['seconds']:.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

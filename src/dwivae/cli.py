@@ -269,14 +269,14 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_phantom(args: argparse.Namespace) -> None:
-    from dwivae.phantom import make_phantom, write_phantom
+    from dwivae.phantom import make_phantom, make_realistic_phantom, write_phantom
 
     acq = _acquisition(args)
     if (args.out / "phantom.json").exists() and not args.force:
         raise InputError(f"{args.out} already holds a phantom; pass --force to overwrite it")
-    phantom = make_phantom(acq, shape=tuple(args.shape), snr=args.snr, noise=args.noise, coils=args.coils,
-                           seed=args.seed)
-    settings = {"snr": args.snr, "noise": args.noise, "coils": args.coils, "seed": args.seed,
+    make = make_realistic_phantom if args.tissue == "realistic" else make_phantom
+    phantom = make(acq, shape=tuple(args.shape), snr=args.snr, noise=args.noise, coils=args.coils, seed=args.seed)
+    settings = {"tissue": args.tissue, "snr": args.snr, "noise": args.noise, "coils": args.coils, "seed": args.seed,
                 "command": shlex.join(["dwivae", *args.argv])}
     write_phantom(phantom, acq, args.out, settings=settings, force=args.force)
     print(f"phantom {'x'.join(map(str, args.shape))} for {acq.describe()}, {args.noise} noise, SNR {args.snr:g} "
@@ -329,7 +329,9 @@ EXAMPLES = {
                "  dwivae figures models/vae32 --denoised dwi_vae.nii.gz dwi_dae.nii.gz --slices 22 94 --out figures/",
     "report": "dwivae report dwi_vae.nii.gz dwi_dae.nii.gz --out report.html\n"
               "  dwivae report dwi_vae.nii.gz --models models/vae32_nokl --out report.html",
-    "phantom": "dwivae phantom --protocol seed32 --shape 96 96 50 --snr 20 --noise rician --out phantoms/seed32_snr20",
+    "phantom": "dwivae phantom --protocol seed32 --shape 96 96 50 --snr 20 --noise rician --out phantoms/seed32_snr20\n"
+               "  dwivae phantom --bvals dwi.bval --bvecs dwi.bvec --tissue realistic --noise nc-chi --coils 4 "
+               "--out phantoms/realistic",
     "benchmark": "dwivae benchmark --phantom phantoms/seed32_snr20 --methods vae dae mppca dwidenoise --out bench/",
     "demo": "dwivae demo --out demo_out",
 }
@@ -474,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("phantom", "simulate a brain-like phantom with ground truth (tensors, fibres, tissue labels)")
     _protocol_args(p)
+    p.add_argument("--tissue", choices=("simple", "realistic"), default="simple",
+                   help="simple: one tensor per tissue, piecewise constant; realistic: multi-compartment tissue "
+                        "(dispersed sticks, zeppelin, free water; two-pool grey matter; CSF), parameters drawn per "
+                        "voxel, partial volume at every boundary, fibres crossing at 90 and 60 degrees")
     p.add_argument("--shape", type=COUNT, nargs=3, default=[96, 96, 50], metavar=("X", "Y", "Z"))
     p.add_argument("--snr", type=POSITIVE, default=20.0, help="S0 / sigma in white matter (default 20)")
     p.add_argument("--noise", choices=("gaussian", "rician", "nc-chi"), default="rician")

@@ -7,7 +7,7 @@ noise is Gaussian, Rician or noncentral chi at a signal-to-noise ratio defined i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from dwivae._version import __version__
 from dwivae.acquisition import Acquisition, save_acquisition
 from dwivae.errors import InputError
 from dwivae.simulate import NOISE_KINDS, add_gaussian_noise, add_noncentral_chi_noise, tensor_signals
+from dwivae.tissue import RANGES, csf, grey_matter, white_matter
 
 LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM", 4: "crossing"}
 """Tissue label values of the label map."""
@@ -106,14 +107,7 @@ def make_phantom(acq: Acquisition, *, shape: tuple[int, int, int] = (96, 96, 50)
     -------
     Phantom
     """
-    if len(shape) != 3 or min(shape) < 8:
-        raise InputError(f"the phantom needs three dimensions of at least 8 voxels; got {tuple(shape)}")
-    if not snr > 0:
-        raise InputError(f"SNR must be positive; got {snr}")
-    if noise not in NOISE_KINDS:
-        raise InputError(f"unknown noise {noise!r}: choose one of {', '.join(NOISE_KINDS)}")
-    if coils < 1 or (noise != "nc-chi" and coils != 1):
-        raise InputError(f"--coils {coils}: use 1, or more with --noise nc-chi")
+    _check_settings(shape, snr, noise, coils)
     labels, field = _geometry(tuple(shape))
     n = acq.n_volumes
     clean = np.zeros((*shape, n), dtype=np.float32)
@@ -132,10 +126,101 @@ def make_phantom(acq: Acquisition, *, shape: tuple[int, int, int] = (96, 96, 50)
     clean[sel] = 0.5 * (tensor_signals(_tensor_along(first, EIGENVALUES["WM"]), acq, S0=S0["crossing"])
                         + tensor_signals(_tensor_along(second, EIGENVALUES["WM"]), acq, S0=S0["crossing"]))
     fibres[sel, 0], fibres[sel, 1] = first, second
-    sigma = S0["WM"] / snr
+    return _with_noise(clean, labels, tensors, fibres, snr=snr, noise=noise, coils=coils,
+                       rng=np.random.default_rng(seed))
+
+
+TISSUES = ("simple", "realistic")
+"""Phantom kinds: piecewise-constant tensors (:func:`make_phantom`) or multi-compartment tissue
+with partial volume (:func:`make_realistic_phantom`)."""
+CROSSING_ANGLES = (90.0, 60.0)
+"""Angles (degrees) of the realistic phantom's two crossing regions."""
+PARTIAL_VOLUME_SMOOTHING = 0.8
+"""Voxels: the tissue fractions of the realistic phantom are its label maps blurred by a Gaussian of
+this width, so every boundary voxel mixes two tissues."""
+
+
+def _rotate_about_perpendicular(first: np.ndarray, degrees: float) -> np.ndarray:
+    """Unit directions at ``degrees`` from each of ``first`` (M, 3), in a plane that holds it."""
+    helper = np.where(np.abs(first[:, 1:2]) < 0.9, [[0, 1.0, 0]], [[1.0, 0, 0]])
+    perp = np.cross(first, helper)
+    perp /= np.linalg.norm(perp, axis=-1, keepdims=True)
+    angle = np.radians(degrees)
+    return np.cos(angle) * first + np.sin(angle) * perp
+
+
+def make_realistic_phantom(acq: Acquisition, *, shape: tuple[int, int, int] = (96, 96, 50), snr: float = 20.0,
+                           noise: str = "rician", coils: int = 1, seed: int = 0) -> Phantom:
+    """A phantom of multi-compartment tissue with partial volume (:mod:`dwivae.tissue`).
+
+    The head of :func:`make_phantom` (CSF rim and ventricles, a grey-matter band, white matter
+    whose fibre bends through space), with a second fibre crossing at 90 degrees in one sphere and
+    at 60 in another; every voxel draws its own tissue parameters (fibre dispersion, intra-axonal
+    fraction, diffusivities, free water, grey matter's two pools), and the tissue fractions are
+    the label maps blurred by :data:`PARTIAL_VOLUME_SMOOTHING` voxels, each tissue with its own
+    S0. Labels give each voxel's dominant tissue (crossing where white matter dominates in a
+    crossing sphere). ``tensors`` is zero: the truth is the fit of the clean series.
+
+    Parameters are those of :func:`make_phantom`; ``seed`` fixes the tissue and the noise.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    _check_settings(shape, snr, noise, coils)
+    shape = tuple(shape)
+    labels, field = _geometry(shape)
+    head = labels > 0
+    u, v, w = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) / (n / 2) for n in shape], indexing="ij")
+    sixty = (u / 0.2) ** 2 + ((v - 0.45) / 0.18) ** 2 + (w / 0.25) ** 2 <= 1
+    ninety = labels == 4
+    hard = {"CSF": labels == 1, "GM": labels == 2, "WM": (labels >= 3)}
+    fractions = {name: np.where(head, gaussian_filter(mask.astype(np.float64), PARTIAL_VOLUME_SMOOTHING), 0.0)
+                 for name, mask in hard.items()}
+    total = sum(fractions.values())
+    fractions = {name: np.divide(f, total, out=np.zeros_like(f), where=total > 0) for name, f in fractions.items()}
     rng = np.random.default_rng(seed)
+    n = acq.n_volumes
+    clean = np.zeros((*shape, n), dtype=np.float32)
+    fibres = np.zeros((*shape, 2, 3), dtype=np.float32)
+    sel = fractions["WM"] > 0
+    first = field[sel]
+    wm = white_matter(acq, first, rng=rng)
+    fibres[sel, 0] = first
+    for region, angle in ((ninety, CROSSING_ANGLES[0]), (sixty & hard["WM"], CROSSING_ANGLES[1])):
+        inside = region[sel]
+        second = _rotate_about_perpendicular(first[inside], angle)
+        wm[inside] = 0.5 * wm[inside] + 0.5 * white_matter(acq, second, rng=rng)
+        where = np.zeros(shape, bool)
+        where[sel] = inside
+        fibres[where, 1] = second
+    clean[sel] += (fractions["WM"][sel] * S0["WM"])[:, None] * wm
+    sel = fractions["GM"] > 0
+    clean[sel] += (fractions["GM"][sel] * S0["GM"])[:, None] * grey_matter(acq, int(sel.sum()), rng=rng)
+    sel = fractions["CSF"] > 0
+    clean[sel] += (fractions["CSF"][sel] * S0["CSF"])[:, None] * csf(acq, int(sel.sum()), rng=rng)
+    dominant = np.argmax(np.stack([fractions["CSF"], fractions["GM"], fractions["WM"]]), axis=0) + 1
+    labels = np.where(head, dominant, 0).astype(np.uint8)
+    labels[(labels == 3) & (ninety | sixty)] = 4
+    return _with_noise(clean, labels, np.zeros((*shape, 6), np.float32), fibres, snr=snr, noise=noise, coils=coils,
+                       rng=rng)
+
+
+def _check_settings(shape: tuple[int, ...], snr: float, noise: str, coils: int) -> None:
+    if len(shape) != 3 or min(shape) < 8:
+        raise InputError(f"the phantom needs three dimensions of at least 8 voxels; got {tuple(shape)}")
+    if not snr > 0:
+        raise InputError(f"SNR must be positive; got {snr}")
+    if noise not in NOISE_KINDS:
+        raise InputError(f"unknown noise {noise!r}: choose one of {', '.join(NOISE_KINDS)}")
+    if coils < 1 or (noise != "nc-chi" and coils != 1):
+        raise InputError(f"--coils {coils}: use 1, or more with --noise nc-chi")
+
+
+def _with_noise(clean: np.ndarray, labels: np.ndarray, tensors: np.ndarray, fibres: np.ndarray, *, snr: float,
+                noise: str, coils: int, rng: np.random.Generator) -> Phantom:
+    """The phantom with noise of per-channel sigma ``S0 of white matter / snr`` added to ``clean``."""
+    sigma = S0["WM"] / snr
     if noise == "gaussian":
-        noisy = add_gaussian_noise(clean.reshape(-1, n), sigma, rng=rng).reshape(clean.shape)
+        noisy = add_gaussian_noise(clean.reshape(-1, clean.shape[-1]), sigma, rng=rng).reshape(clean.shape)
     else:
         noisy = add_noncentral_chi_noise(clean, sigma, coils=coils, rng=rng)
     return Phantom(clean, noisy, labels, tensors, fibres, float(sigma))
@@ -167,7 +252,9 @@ def write_phantom(phantom: Phantom, acq: Acquisition, out: str | PathLike[str], 
     save_acquisition(acq, paths["bval"], paths["bvec"])
     counts = {LABELS[v]: int((phantom.labels == v).sum()) for v in LABELS if v}
     info = {**settings, "sigma": phantom.sigma, "shape": list(phantom.labels.shape), "labels": LABELS,
-            "voxels": counts, "eigenvalues": EIGENVALUES, "S0": S0, "protocol": acq.to_json(),
+            "voxels": counts, "S0": S0,
+            **({"eigenvalues": EIGENVALUES} if settings.get("tissue", "simple") == "simple" else
+               {"tissue_ranges": asdict(RANGES), "crossing_angles": CROSSING_ANGLES}), "protocol": acq.to_json(),
             "tensor_order": "Dxx Dyy Dzz Dxy Dxz Dyz", "GeneratedBy": [{"Name": "dwivae", "Version": __version__}]}
     paths["json"] = io.write_json_atomic(out / "phantom.json", info, force=True)
     return paths
