@@ -122,11 +122,12 @@ def test_denoise_finds_bids_gradients_and_trains_on_the_fly(tmp_path, capsys):
     (tmp_path / "sub-01_dwi.bval").write_bytes(bval.read_bytes())
     (tmp_path / "sub-01_dwi.bvec").write_bytes(bvec.read_bytes())
     argv = ["denoise", str(tmp_path / "sub-01_dwi.nii.gz"), "--out", str(tmp_path / "d.nii.gz"), "--quiet"]
-    _fails(capsys, argv, "no model: pass --model DIR, or --train")
-    assert main([*argv, "--train"]) == 0
+    assert main(argv) == 0  # no flag: a model for the data's protocol and noise, pooled non-locally
     assert "training a vae" in capsys.readouterr().err
-    cached = list((tmp_path / "cache").iterdir())
-    assert len(cached) == 1 and (cached[0] / "model.json").exists()
+    cached = [p for p in (tmp_path / "cache").iterdir() if p.name != "kernels"]
+    assert len(cached) == 1 and (cached[0] / "model.json").exists() and "-rician1-snr" in cached[0].name
+    sidecar = json.loads((tmp_path / "d.json").read_text())
+    assert sidecar["NonLocal"]["Strength"] == 2.5 and sidecar["Model"]["path"] == str(cached[0].resolve())
     assert main([*argv, "--train", "--force"]) == 0
     assert "using the cached vae" in capsys.readouterr().err  # the second run reuses the cached model
 

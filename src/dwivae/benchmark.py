@@ -129,7 +129,7 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
                   threads: int = 1, seed: int = 0,
                   log: Callable[[str], None] = print, fa_maps: Path | None = None,
                   done: Callable[[dict], None] | None = None, bias_correct: bool = False,
-                  spatial: float | None = None) -> dict:
+                  spatial: float | None = None, pooling: float | None = None) -> dict:
     """Run and score every method on every phantom.
 
     Parameters
@@ -163,6 +163,9 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
         (the voxel-wise codes, also for a network with a learned context). A network with a
         learned context network (``train --context``) is also scored without it, as
         ``<method>-voxelwise``.
+    pooling : float, optional
+        Also score each network with non-local pooling at this strength (``denoise --nonlocal``;
+        sigma measured on the data), as ``<method>+nonlocal``.
 
     Returns
     -------
@@ -214,6 +217,14 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
                                    coils=info.get("coils") or 1, context=False)
                 outputs.append((f"{method}+spatial", smoothed,
                                 {"status": "ok", "note": f"{result.note}, spatial {spatial:g}",
+                                 "seconds": time.perf_counter() - started}))
+            if pooling is not None and model is not None:
+                from dwivae.denoise import denoise
+                started = time.perf_counter()
+                pooled = denoise(phantom["noisy"], acq, model, mask=mask, pooling=pooling,
+                                 coils=info.get("coils") or 1, context=False)
+                outputs.append((f"{method}+nonlocal", pooled,
+                                {"status": "ok", "note": f"{result.note}, non-local {pooling:g}",
                                  "seconds": time.perf_counter() - started}))
             if (bias_correct and info.get("noise") != "gaussian"
                     and (model is None or model.train_config.noise == "gaussian")):

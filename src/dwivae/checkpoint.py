@@ -262,9 +262,10 @@ def cache_dir() -> Path:
     return Path(base) / "dwivae" / "models"
 
 
-def cached_model_path(acq: Acquisition, *, arch: str, latent: int, seed: int) -> Path:
-    """The cache directory of the model for this protocol, architecture, latent size and seed."""
-    return cache_dir() / f"{acq.fingerprint()}-{arch}-latent{latent}-seed{seed}"
+def cached_model_path(acq: Acquisition, *, arch: str, latent: int, seed: int, tag: str = "") -> Path:
+    """The cache directory of the model for this protocol, architecture, latent size, seed and
+    ``tag`` (what else sets its training, e.g. the noise it was matched to)."""
+    return cache_dir() / f"{acq.fingerprint()}-{arch}-latent{latent}-seed{seed}{'-' + tag if tag else ''}"
 
 
 def load_or_train(
@@ -275,11 +276,13 @@ def load_or_train(
     seed: int = 0,
     config: TrainConfig | None = None,
     callback: Callable[[dict], None] | None = None,
+    tag: str = "",
 ) -> tuple[TrainedModel, Path]:
     """A model for ``acq`` from the cache, trained and cached first if there is none.
 
-    Models are keyed by the protocol's fingerprint, the architecture, the latent size and the seed,
-    so a second run on data of the same protocol reuses the first run's model.
+    Models are keyed by the protocol's fingerprint, the architecture, the latent size, the seed and
+    ``tag`` (which must name whatever ``config`` sets), so a second run on data of the same
+    protocol reuses the first run's model.
 
     Returns
     -------
@@ -287,7 +290,7 @@ def load_or_train(
     path : Path
         Its directory in the cache.
     """
-    path = cached_model_path(acq, arch=arch, latent=latent, seed=seed)
+    path = cached_model_path(acq, arch=arch, latent=latent, seed=seed, tag=tag)
     if (path / METADATA).is_file():
         return load_model(path), path
     from dwivae.training import train

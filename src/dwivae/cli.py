@@ -186,16 +186,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_denoise(args: argparse.Namespace) -> None:
     from dwivae import io
     from dwivae.acquisition import load_acquisition
-    from dwivae.checkpoint import cached_model_path, load_or_train
     from dwivae.denoise import check_protocol, denoise_file, output_paths
     from dwivae.frozen import FrozenModel
     from dwivae.outputs import check_outputs
+    from dwivae.pooling import DEFAULT_STRENGTH
 
     if bool(args.bvals) != bool(args.bvecs):
         raise InputError("give both --bvals and --bvecs, or neither to use the BIDS files next to the image")
-    if (args.sigma is not None or args.coils != 1) and not (args.bias_correct or args.spatial is not None):
-        raise InputError("--sigma and --coils describe the data's noise for --bias-correct and --spatial: "
-                         "add one of them")
+    if (args.sigma is not None or args.coils != 1) and not (args.bias_correct or args.spatial is not None
+                                                            or args.nonlocal_ is not None):
+        raise InputError("--sigma and --coils describe the data's noise for --bias-correct, --spatial and "
+                         "--nonlocal: add one of them")
     bvals, bvecs = (args.bvals, args.bvecs) if args.bvals else io.find_gradient_files(args.dwi)
     acq = load_acquisition(bvals, bvecs)
     img = io.load_dwi(args.dwi)
@@ -209,12 +210,9 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     model = _denoising_model(args) if args.model else None
     model_path = args.model
     if model is None or (args.train and model.acquisition.mismatch(acq) is not None):
-        if not args.train:
-            raise InputError("no model: pass --model DIR, or --train to train one for this protocol")
-        cached = cached_model_path(acq, arch=args.arch, latent=7, seed=args.seed)
-        print(f"using the cached {args.arch} for {acq.describe()} in {cached}" if cached.exists() else
-              f"training a {args.arch} for {acq.describe()} (cached in {cached})", file=sys.stderr)
-        model, model_path = load_or_train(acq, arch=args.arch, seed=args.seed)
+        model, model_path = _matched_model(args, acq)
+        if args.nonlocal_ is None and args.spatial is None and not args.uncertainty:
+            args.nonlocal_ = DEFAULT_STRENGTH
     if not isinstance(model, FrozenModel):
         import torch
 
@@ -225,7 +223,7 @@ def cmd_denoise(args: argparse.Namespace) -> None:
                                 uncertainty=args.uncertainty, seed=args.seed, force=args.force,
                                 bias_correct=args.bias_correct, sigma=args.sigma, coils=args.coils,
                                 spatial=args.spatial, context=args.context, threads=args.threads,
-                                progress=not args.quiet, inputs=[*inputs, model_path],
+                                progress=not args.quiet, inputs=[*inputs, model_path], pooling=args.nonlocal_,
                                 provenance={"Command": shlex.join(["dwivae", *args.argv]),
                                             "Model": {"path": str(Path(model_path).resolve())},
                                             "GradientFiles": {"bval": str(Path(bvals).resolve()),
@@ -234,12 +232,34 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     print("-> " + ", ".join(str(p) for p in paths.values()))
 
 
+def _matched_model(args: argparse.Namespace, acq):
+    """The model of the plain `dwivae denoise`: trained for the data's protocol and noise (random
+    tensors and ball-and-sticks drawn afresh, Rician or noncentral-chi noise over the data's SNR
+    range, widened to powers of 2), or taken from the cache where one was trained for the same."""
+    import math
+
+    from dwivae.checkpoint import cached_model_path, load_or_train
+    from dwivae.training import PRESETS
+
+    low, high = _snr_from_data(args.dwi, acq, "auto" if args.mask == "none" else args.mask)
+    low, high = 2.0 ** math.floor(math.log2(low)), 2.0 ** math.ceil(math.log2(high))
+    noise = "rician" if args.coils == 1 else "nc-chi"
+    config = replace(PRESETS["default"], atoms="mixed", fresh_atoms=True, noise=noise, coils=args.coils,
+                     snr_range=(low, high))
+    tag = f"{noise}{args.coils}-snr{low:g}-{high:g}"
+    cached = cached_model_path(acq, arch=args.arch, latent=7, seed=args.seed, tag=tag)
+    print(f"using the cached {args.arch} for {acq.describe()} in {cached}" if cached.exists() else
+          f"training a {args.arch} for {acq.describe()}, {noise} noise, SNR {low:g}-{high:g} (cached in {cached})",
+          file=sys.stderr)
+    return load_or_train(acq, arch=args.arch, seed=args.seed, config=config, tag=tag)
+
+
 def _denoising_model(args: argparse.Namespace):
     """``--model`` for `dwivae denoise`: read for the compiled forward pass alone (no torch import,
     ~2 s) where that is all the options need, else with its torch modules."""
     from dwivae.checkpoint import load_frozen, load_model, read_metadata
 
-    needs_torch = (args.uncertainty or args.spatial is not None
+    needs_torch = (args.uncertainty or args.spatial is not None or args.nonlocal_ is not None
                    or (args.context and "context_config" in read_metadata(Path(args.model))))
     return (None if needs_torch else load_frozen(args.model)) or load_model(args.model)
 
@@ -304,7 +324,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     results = run_benchmark(args.phantom, methods=args.methods, models=models, variants=variants,
                             threads=args.threads,
                             seed=args.seed, log=(lambda line: None) if args.quiet else print, fa_maps=args.out,
-                            done=save, bias_correct=args.bias_correct, spatial=args.spatial)
+                            done=save, bias_correct=args.bias_correct, spatial=args.spatial, pooling=args.nonlocal_)
     results["command"] = command
     print(format_markdown(results))
     print(f"-> {args.out / 'results.json'}, {args.out / 'results.md'}")
@@ -421,10 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dwi", type=Path, help="4D NIfTI (.nii or .nii.gz)")
     p.add_argument("--bvals", type=Path, help="FSL .bval (default: the BIDS file next to the image)")
     p.add_argument("--bvecs", type=Path, help="FSL .bvec (default: the BIDS file next to the image)")
-    p.add_argument("--model", type=Path, help="model directory from `dwivae train`")
+    p.add_argument("--model", type=Path,
+                   help="model directory from `dwivae train` (default: train one for the data's protocol and noise, "
+                        "or reuse the cached one, and pool non-locally)")
     p.add_argument("--train", action="store_true",
-                   help="train a model for the data's protocol when --model is missing or does not match "
-                        "(seeded, cached in ~/.cache/dwivae or $DWIVAE_CACHE)")
+                   help="train a model for the data's protocol and noise when --model does not match, as the "
+                        "command does without --model (seeded, cached in ~/.cache/dwivae/models or $DWIVAE_CACHE)")
     p.add_argument("--arch", choices=("vae", "dae"), default="vae", help="architecture for --train")
     p.add_argument("--out", type=Path, required=True, help="denoised NIfTI; _residual is written beside it")
     p.add_argument("--mask", default="auto",
@@ -435,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spatial", type=POSITIVE, nargs="?", const=2.0, metavar="STRENGTH",
                    help="decode each voxel's latent mean averaged over its 3x3x3 neighbourhood, weighted by how "
                         "close the neighbours' codes are (edge-aware; strength 2 if no value is given)")
+    p.add_argument("--nonlocal", dest="nonlocal_", type=POSITIVE, nargs="?", const=2.5, metavar="STRENGTH",
+                   help="pool each voxel's measured signals over a 5x5x5 window, weighted by how close the "
+                        "neighbours' latent codes are, with the noise floor removed and the decoder's own detail "
+                        "added back (strength 2.5 if no value is given; needs --sigma or estimates it)")
     p.add_argument("--bias-correct", action="store_true",
                    help="remove the Rician / noncentral-chi noise floor from the output (models trained on "
                         "Gaussian noise, the default); noise level from --sigma or the b0 volumes' spread")
@@ -502,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spatial", type=POSITIVE, nargs="?", const=2.0, metavar="STRENGTH",
                    help="also score each network with latent means averaged over the neighbourhood "
                         "(`denoise --spatial`), as METHOD+spatial")
+    p.add_argument("--nonlocal", dest="nonlocal_", type=POSITIVE, nargs="?", const=2.5, metavar="STRENGTH",
+                   help="also score each network with non-local pooling (`denoise --nonlocal`), as METHOD+nonlocal")
     p.add_argument("--bias-correct", action="store_true",
                    help="on Rician / noncentral-chi phantoms, also score each output with the noise floor "
                         "removed (the phantom's sigma), as METHOD+bc")

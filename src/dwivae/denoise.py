@@ -26,6 +26,9 @@ from dwivae.mask import median_otsu_mask
 from dwivae.noise import (SIGMA_METHODS, central_slices, check_noise_model, estimate_sigma, remove_noise_floor,
                           sigma_from_b0, sigma_from_mppca, sigma_method)
 from dwivae.outputs import OutputSet, check_outputs
+from dwivae.pooling import DEFAULT_DETAIL as POOLING_DETAIL
+from dwivae.pooling import DEFAULT_RADIUS as POOLING_RADIUS
+from dwivae.pooling import DEFAULT_STRENGTH, nonlocal_estimate
 from dwivae.simulate import add_noncentral_chi_noise
 from dwivae.spatial import smooth_codes
 
@@ -310,12 +313,59 @@ def learned_context_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: 
     return context_codes(latent, valid, model.context)
 
 
-def check_frozen(model: Model, *, spatial: float | None = None, uncertainty: int = 0) -> None:
+def nonlocal_volume(data: np.ndarray, inside: np.ndarray, acq: Acquisition, model: TrainedModel, *, sigma: float,
+                    strength: float = DEFAULT_STRENGTH, coils: int = 1, denoise_b0: bool = False) -> np.ndarray:
+    """Every voxel of the mask pooled non-locally by :func:`dwivae.pooling.nonlocal_estimate`.
+
+    The encoder's latent means weigh the neighbours (``h`` = ``strength`` times the codes' noise
+    scale at ``sigma``, :func:`code_noise_scale`), and the decoder's estimates give each voxel's
+    own detail.
+
+    Parameters
+    ----------
+    data : (X, Y, Z, N) ndarray
+    inside : (X, Y, Z) bool ndarray
+    acq, model
+    sigma : float
+        The data's noise level per real channel.
+    strength : float
+    coils : int
+        Receive coils of the magnitude noise (1: Rician).
+    denoise_b0 : bool
+        Replace the b0 volumes too (default: kept as measured).
+
+    Returns
+    -------
+    (X, Y, Z, N) ndarray, float32
+    """
+    import torch
+
+    data = np.asarray(data, dtype=np.float32)
+    codes, s0, valid = encode_signals(data[inside], acq, model)
+    if not valid.any():
+        raise InputError("no voxel with S0 > 0 and finite values in the mask: nothing to pool")
+    with torch.inference_mode():
+        decoded = model.network.decode(torch.from_numpy(codes)).numpy() * s0[:, None]
+    scale = code_noise_scale(codes[valid], s0[valid], model, sigma, coils=coils)
+    where = np.zeros(inside.shape, bool)
+    where[inside] = valid
+    volumes = {name: np.zeros((*inside.shape, values.shape[1]), np.float32)
+               for name, values in (("codes", codes), ("decoded", decoded))}
+    volumes["codes"][inside], volumes["decoded"][inside] = codes, decoded
+    out = nonlocal_estimate(data, volumes["decoded"], volumes["codes"], where, sigma=sigma, h=strength * scale,
+                            coils=coils)
+    if not denoise_b0:
+        out[..., acq.b0_mask] = data[..., acq.b0_mask]
+    return out
+
+
+def check_frozen(model: Model, *, spatial: float | None = None, uncertainty: int = 0,
+                 pooling: float | None = None) -> None:
     """Refuse what a model read for the compiled forward pass alone cannot do."""
     if not isinstance(model, FrozenModel):
         return
-    if spatial is not None or uncertainty:
-        raise InputError("--spatial and --uncertainty run the network in torch: load the model with "
+    if spatial is not None or uncertainty or pooling is not None:
+        raise InputError("--spatial, --nonlocal and --uncertainty run the network in torch: load the model with "
                          "dwivae.load_model, not dwivae.load_frozen")
     if model.compiled() is None:
         raise InputError("the compiled kernel cannot run here (no C compiler, or DWIVAE_KERNEL=torch): load the "
@@ -343,6 +393,7 @@ def denoise(
     spatial: float | None = None,
     context: bool = True,
     threads: int | None = None,
+    pooling: float | None = None,
 ) -> np.ndarray:
     """Denoise a 4D diffusion series held in memory.
 
@@ -373,6 +424,9 @@ def denoise(
         False denoises voxel by voxel.
     threads : int, optional
         Threads of the compiled forward pass (default: the CPUs this process may use).
+    pooling : float, optional
+        Pool each voxel's measured signals non-locally with this strength (:func:`nonlocal_volume`)
+        instead of decoding it alone.
 
     Returns
     -------
@@ -382,7 +436,9 @@ def denoise(
     if data.ndim != 4 or data.shape[-1] != acq.n_volumes:
         raise InputError(f"data of shape {data.shape} does not hold {acq.n_volumes} volumes on a 4th axis")
     check_protocol(model, acq)
-    check_frozen(model, spatial=spatial)
+    check_frozen(model, spatial=spatial, pooling=pooling)
+    if pooling is not None and spatial is not None:
+        raise InputError("--nonlocal and --spatial both combine each voxel's neighbourhood: choose one")
     if context:
         check_context(model, spatial=spatial)
     if bias_correct:
@@ -392,8 +448,12 @@ def denoise(
         raise InputError(f"mask has shape {mask.shape} but the data has {data.shape[:3]}")
     out = data.astype(np.float32, copy=True)
     inside = np.ones(data.shape[:3], bool) if mask is None else mask.astype(bool)
-    if sigma is None and (bias_correct or spatial is not None):
+    if sigma is None and (bias_correct or spatial is not None or pooling is not None):
         sigma = estimate_sigma(data, acq, inside)
+    if pooling is not None:
+        out[inside] = nonlocal_volume(data, inside, acq, model, sigma=sigma, strength=pooling, coils=coils,
+                                      denoise_b0=denoise_b0)[inside]
+        return out
     codes = None
     if spatial is not None:
         codes = spatial_codes([(0, data.shape[2], data)], inside, acq, model, sigma=sigma, strength=spatial,
@@ -456,6 +516,7 @@ def denoise_file(
     context: bool = True,
     threads: int | None = None,
     inputs: Iterable[str | PathLike[str]] = (),
+    pooling: float | None = None,
 ) -> tuple[dict[str, Path], DenoiseStats]:
     """Denoise a NIfTI file slab by slab and write the denoised series and its residual.
 
@@ -494,6 +555,9 @@ def denoise_file(
     inputs : iterable of path
         Other files the run reads (gradient files, the model directory), which no output may
         replace; the image, its own JSON sidecar and the mask file are always protected.
+    pooling : float, optional
+        Pool each voxel's measured signals non-locally with this strength (:func:`nonlocal_volume`;
+        the series is read whole, and held in memory with its latent codes and decoded signals).
 
     Notes
     -----
@@ -517,8 +581,10 @@ def denoise_file(
         raise InputError(f"{Path(dwi).name} has {img.shape[3]} volumes but the gradient files have "
                          f"{acq.n_volumes}: give the .bval/.bvec of this image")
     check_protocol(model, acq)
-    check_frozen(model, spatial=spatial, uncertainty=uncertainty)
-    context = context and model.context is not None
+    check_frozen(model, spatial=spatial, uncertainty=uncertainty, pooling=pooling)
+    if pooling is not None and (spatial is not None or uncertainty):
+        raise InputError("--nonlocal pools each voxel's neighbourhood itself: drop --spatial and --uncertainty")
+    context = context and model.context is not None and pooling is None
     if context:
         check_context(model, spatial=spatial)
     paths = check_outputs(output_paths(out, uncertainty=uncertainty),
@@ -530,7 +596,7 @@ def denoise_file(
     if bias_correct:
         check_bias_correction(model)
     sigma_from = "given"
-    if sigma is None and (bias_correct or spatial is not None):
+    if sigma is None and (bias_correct or spatial is not None or pooling is not None):
         # in the brain: background voxels have Rayleigh noise, whose spread is 0.43 sigma²
         brain = inside if mask is not None else auto_mask(img, acq)
         method = sigma_method(acq)
@@ -546,6 +612,12 @@ def denoise_file(
                                  coils=coils)
     elif context:
         codes = learned_context_codes(io.iter_slabs(img, slab=slab), inside, acq, model)
+    pooled = None
+    if pooling is not None:
+        whole = np.concatenate([data for _, _, data in io.iter_slabs(img, slab=slab)], axis=2)
+        pooled = nonlocal_volume(whole, inside, acq, model, sigma=sigma, strength=pooling, coils=coils,
+                                 denoise_b0=denoise_b0)
+        del whole
     generator = None
     if uncertainty:
         import torch
@@ -562,11 +634,14 @@ def denoise_file(
             stats.non_finite += int((~np.isfinite(data)).any(axis=-1).sum())
             signals = data[sel]
             any_signal = any_signal or bool(np.any(signals[np.isfinite(signals)] != 0))
-            denoised, valid, std = denoise_signals(
-                signals, acq, model, denoise_b0=denoise_b0, batch_size=batch_size,
-                posterior_samples=uncertainty, generator=generator,
-                bias_sigma=sigma if bias_correct else None, coils=coils,
-                codes=codes[:, :, z0:z1][sel] if codes is not None else None, threads=threads)
+            if pooled is not None:
+                denoised, valid, std = pooled[:, :, z0:z1][sel], b0_means(signals, acq)[1], None
+            else:
+                denoised, valid, std = denoise_signals(
+                    signals, acq, model, denoise_b0=denoise_b0, batch_size=batch_size,
+                    posterior_samples=uncertainty, generator=generator,
+                    bias_sigma=sigma if bias_correct else None, coils=coils,
+                    codes=codes[:, :, z0:z1][sel] if codes is not None else None, threads=threads)
             stats.denoised += int(valid.sum())
             stats.skipped += int((~valid).sum())
             result = data.copy(order="K")  # the file's (Fortran) order: slabs are written without a transpose
@@ -583,7 +658,9 @@ def denoise_file(
         extra = dict(provenance or {})
         sidecar = {
             "Description": ("Denoised with an autoencoder trained on simulated q-space signals"
-                            + (" and a learned network over each voxel's neighbourhood" if context else ", voxel by voxel")),
+                            + (", pooling measured signals non-locally by latent similarity" if pooling is not None
+                               else " and a learned network over each voxel's neighbourhood" if context
+                               else ", voxel by voxel")),
             "GeneratedBy": [{"Name": "dwivae", "Version": __version__}],
             "Sources": [str(Path(dwi).resolve())],
             "Model": {"arch": model.model_config.arch, "latent": model.model_config.latent,
@@ -595,6 +672,9 @@ def denoise_file(
             "Spatial": ({"Strength": spatial, "LatentScale": h, "Radius": 1, "NoiseSigma": sigma,
                          "SigmaFrom": sigma_from} if spatial is not None else None),
             "Context": ({"Radius": model.context.config.radius, "Learned": True} if context else None),
+            "NonLocal": ({"Strength": pooling, "Radius": POOLING_RADIUS, "Detail": POOLING_DETAIL,
+                          "NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils}
+                         if pooling is not None else None),
             "BiasCorrection": ({"NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils} if bias_correct
                                else None),
             "VoxelsDenoised": stats.denoised,
