@@ -128,6 +128,9 @@ def test_denoise_finds_bids_gradients_and_trains_on_the_fly(tmp_path, capsys):
     assert len(cached) == 1 and (cached[0] / "model.json").exists() and "-rician1-snr" in cached[0].name
     sidecar = json.loads((tmp_path / "d.json").read_text())
     assert sidecar["NonLocal"]["Strength"] == 2.5 and sidecar["Model"]["path"] == str(cached[0].resolve())
+    sigma_map = np.asarray(nib.load(tmp_path / "d_sigma.nii.gz").dataobj)
+    assert sigma_map.shape == img.shape[:3] and np.allclose(sigma_map[sigma_map > 0], sidecar["NonLocal"]["NoiseSigma"])
+    assert sidecar["Outputs"]["sigma"] == "d_sigma.nii.gz"
     assert main([*argv, "--train", "--force"]) == 0
     assert "using the cached vae" in capsys.readouterr().err  # the second run reuses the cached model
 

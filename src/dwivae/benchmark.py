@@ -221,8 +221,8 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
             if pooling is not None and model is not None:
                 from dwivae.denoise import denoise
                 started = time.perf_counter()
-                pooled = denoise(phantom["noisy"], acq, model, mask=mask, pooling=pooling,
-                                 coils=info.get("coils") or 1, context=False)
+                pooled = denoise(phantom["noisy"], acq, model, mask=mask, pooling=pooling,  # b0 too, as the plain
+                                 coils=info.get("coils") or 1, context=False, denoise_b0=True)  # command does
                 outputs.append((f"{method}+nonlocal", pooled,
                                 {"status": "ok", "note": f"{result.note}, non-local {pooling:g}",
                                  "seconds": time.perf_counter() - started}))

@@ -481,13 +481,16 @@ def b0_volumes(img, acq: Acquisition) -> np.ndarray:
                      for k in np.flatnonzero(acq.b0_mask)], axis=-1)
 
 
-def output_paths(out: str | PathLike[str], *, uncertainty: int = 0) -> dict[str, Path]:
+def output_paths(out: str | PathLike[str], *, uncertainty: int = 0, sigma: bool = False) -> dict[str, Path]:
     """Every file a run of :func:`denoise_file` writes, by role, the sidecar last: ``denoised``
-    (``out``), ``residual`` (``<out>_residual``), ``uncertainty`` (with ``uncertainty > 0``) and
-    ``sidecar`` (``<out>.json``)."""
+    (``out``), ``residual`` (``<out>_residual``), ``sigma`` (``<out>_sigma``, the noise level it
+    used, where it used one), ``uncertainty`` (with ``uncertainty > 0``) and ``sidecar``
+    (``<out>.json``)."""
     from dwivae import io
 
     paths = {"denoised": Path(out), "residual": io.output_paths(out, "_residual")}
+    if sigma:
+        paths["sigma"] = io.output_paths(out, "_sigma")
     if uncertainty:
         paths["uncertainty"] = io.output_paths(out, "_uncertainty")
     paths["sidecar"] = io.sidecar_path(out)
@@ -587,7 +590,8 @@ def denoise_file(
     context = context and model.context is not None and pooling is None
     if context:
         check_context(model, spatial=spatial)
-    paths = check_outputs(output_paths(out, uncertainty=uncertainty),
+    uses_sigma = bias_correct or spatial is not None or pooling is not None
+    paths = check_outputs(output_paths(out, uncertainty=uncertainty, sigma=uses_sigma),
                           inputs=[dwi, io.sidecar_path(dwi), *inputs, *([mask] if mask not in ("auto", None) else [])],
                           force=force)
     inside = (auto_mask(img, acq) if mask == "auto" else
@@ -596,7 +600,7 @@ def denoise_file(
     if bias_correct:
         check_bias_correction(model)
     sigma_from = "given"
-    if sigma is None and (bias_correct or spatial is not None or pooling is not None):
+    if sigma is None and uses_sigma:
         # in the brain: background voxels have Rayleigh noise, whose spread is 0.43 sigma²
         brain = inside if mask is not None else auto_mask(img, acq)
         method = sigma_method(acq)
@@ -623,10 +627,12 @@ def denoise_file(
         import torch
 
         generator = torch.Generator().manual_seed(seed)
-    stats = DenoiseStats(outside_mask=int((~inside).sum()), engine="torch" if model.compiled() is None else "compiled")
+    stats = DenoiseStats(outside_mask=int((~inside).sum()),
+                         engine="torch" if pooled is not None or model.compiled() is None else "compiled")
     any_signal = False
     with OutputSet(paths, force=force) as staged, ExitStack() as stack:
-        writers = {name: stack.enter_context(io.NiftiWriter(path, img.shape, img, temp=staged.temp(name)))
+        writers = {name: stack.enter_context(io.NiftiWriter(path, img.shape[:3] if name == "sigma" else img.shape,
+                                                            img, temp=staged.temp(name)))
                    for name, path in paths.items() if name != "sidecar"}
         for z0, z1, data in tqdm(io.iter_slabs(img, slab=slab), total=-(-img.shape[2] // slab),
                                  desc="denoise", unit="slab", disable=not progress):
@@ -648,6 +654,8 @@ def denoise_file(
             result[sel] = denoised
             writers["denoised"].write_slab(z0, z1, result)
             writers["residual"].write_slab(z0, z1, data - result)
+            if "sigma" in writers:  # one noise level for the series, as dwidenoise -noise maps it in the mask
+                writers["sigma"].write_slab(z0, z1, np.where(sel, np.float32(sigma), np.float32(0)))
             if uncertainty:
                 slab_std = np.zeros_like(data)
                 slab_std[sel] = std
