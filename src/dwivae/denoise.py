@@ -349,11 +349,11 @@ def nonlocal_volume(data: np.ndarray, inside: np.ndarray, acq: Acquisition, mode
     scale = code_noise_scale(codes[valid], s0[valid], model, sigma, coils=coils)
     where = np.zeros(inside.shape, bool)
     where[inside] = valid
-    volumes = {name: np.zeros((*inside.shape, values.shape[1]), np.float32)
-               for name, values in (("codes", codes), ("decoded", decoded))}
-    volumes["codes"][inside], volumes["decoded"][inside] = codes, decoded
-    out = nonlocal_estimate(data, volumes["decoded"], volumes["codes"], where, sigma=sigma, h=strength * scale,
-                            coils=coils)
+    code_volume = np.zeros((*inside.shape, codes.shape[1]), np.float32)
+    code_volume[inside] = codes
+    decoded_volume = np.zeros(data.shape, np.float32)
+    decoded_volume[inside] = decoded
+    out = nonlocal_estimate(data, decoded_volume, code_volume, where, sigma=sigma, h=strength * scale, coils=coils)
     if not denoise_b0:
         out[..., acq.b0_mask] = data[..., acq.b0_mask]
     return out
