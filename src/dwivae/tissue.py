@@ -110,38 +110,3 @@ def csf(acq: Acquisition, m: int, *, rng: np.random.Generator, ranges: Ranges = 
     """Signals (m, N) of cerebrospinal fluid: free water, its diffusivity drawn per voxel."""
     d = rng.uniform(*ranges.csf_d, m).astype(np.float32)[:, None]
     return np.exp(-acq.bvals.astype(np.float32)[None, :] * d)
-
-
-def random_tissue(acq: Acquisition, n: int, *, rng: np.random.Generator, ranges: Ranges = RANGES) -> np.ndarray:
-    """``n`` random tissue signals (S0 = 1) for training: white matter with one or two fibres
-    (crossing at any angle), grey matter, CSF, and partial-volume mixtures of two of them.
-
-    Returns
-    -------
-    (n, N) ndarray, float32
-    """
-    kind = rng.choice(4, n, p=[0.35, 0.15, 0.2, 0.3])  # WM, crossing WM, GM, mixture
-    out = np.empty((n, acq.n_volumes), np.float32)
-
-    def fibres(m: int) -> np.ndarray:
-        d = rng.standard_normal((m, 3))
-        return d / np.linalg.norm(d, axis=-1, keepdims=True)
-
-    sel = kind == 0
-    out[sel] = white_matter(acq, fibres(int(sel.sum())), rng=rng, ranges=ranges)
-    sel = kind == 1
-    m = int(sel.sum())
-    share = rng.uniform(0.3, 0.7, (m, 1)).astype(np.float32)
-    out[sel] = (share * white_matter(acq, fibres(m), rng=rng, ranges=ranges)
-                + (1 - share) * white_matter(acq, fibres(m), rng=rng, ranges=ranges))
-    sel = kind == 2
-    out[sel] = grey_matter(acq, int(sel.sum()), rng=rng, ranges=ranges)
-    sel = kind == 3
-    m = int(sel.sum())
-    pools = np.stack([white_matter(acq, fibres(m), rng=rng, ranges=ranges), grey_matter(acq, m, rng=rng, ranges=ranges),
-                      csf(acq, m, rng=rng, ranges=ranges)], axis=1)
-    pick = np.argsort(rng.random((m, 3)), axis=1)[:, :2]
-    share = rng.uniform(0, 1, (m, 1)).astype(np.float32)
-    rows = np.arange(m)
-    out[sel] = share * pools[rows, pick[:, 0]] + (1 - share) * pools[rows, pick[:, 1]]
-    return out
