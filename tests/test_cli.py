@@ -334,3 +334,12 @@ def test_train_context_then_denoise_uses_it(tmp_path, capsys):
     assert not (tmp_path / "s.nii.gz").exists()
     assert main(["report", str(tmp_path / "c.nii.gz"), "--out", str(tmp_path / "report.html")]) == 0
     assert "learned context (3x3x3)" in (tmp_path / "report.html").read_text()
+
+
+def test_the_plain_denoise_takes_the_coils_of_its_noise(tmp_path, capsys):
+    dwi, bval, bvec = real_sample("small_64D")
+    out = tmp_path / "d.nii.gz"
+    assert main(["denoise", str(dwi), "--bvals", str(bval), "--bvecs", str(bvec), "--coils", "4", "--out", str(out),
+                 "--quiet"]) == 0
+    sidecar = json.loads((tmp_path / "d.json").read_text())
+    assert sidecar["NonLocal"]["Coils"] == 4 and "nc-chi4" in sidecar["Model"]["path"]

@@ -193,6 +193,9 @@ def cmd_denoise(args: argparse.Namespace) -> None:
 
     if bool(args.bvals) != bool(args.bvecs):
         raise InputError("give both --bvals and --bvecs, or neither to use the BIDS files next to the image")
+    if args.model is None and args.nonlocal_ is None and args.spatial is None and not args.uncertainty:
+        args.nonlocal_ = DEFAULT_STRENGTH  # the plain command pools, the b0 volumes too (as MP-PCA does):
+        args.denoise_b0 = True  # with one b0, its noise would otherwise scale every fitted diffusivity
     if (args.sigma is not None or args.coils != 1) and not (args.bias_correct or args.spatial is not None
                                                             or args.nonlocal_ is not None):
         raise InputError("--sigma and --coils describe the data's noise for --bias-correct, --spatial and "
@@ -204,18 +207,14 @@ def cmd_denoise(args: argparse.Namespace) -> None:
         raise InputError(f"{args.dwi.name} has {img.shape[3]} volumes but {Path(bvals).name} and {Path(bvecs).name} "
                          f"have {acq.n_volumes}: give the gradient files of this image")
     inputs = [bvals, bvecs, *([args.model] if args.model else [])]
-    pools = args.nonlocal_ is not None or (args.model is None and args.spatial is None and not args.uncertainty)
     check_outputs(output_paths(args.out, uncertainty=args.uncertainty,
-                               sigma=pools or args.bias_correct or args.spatial is not None),
+                               sigma=args.nonlocal_ is not None or args.bias_correct or args.spatial is not None),
                   inputs=[args.dwi, io.sidecar_path(args.dwi), *inputs,
                           *([args.mask] if args.mask not in ("auto", "none") else [])], force=args.force)
     model = _denoising_model(args) if args.model else None
     model_path = args.model
     if model is None or (args.train and model.acquisition.mismatch(acq) is not None):
         model, model_path = _matched_model(args, acq)
-        if args.nonlocal_ is None and args.spatial is None and not args.uncertainty:
-            args.nonlocal_ = DEFAULT_STRENGTH  # the plain command pools, the b0 volumes too (as MP-PCA does):
-            args.denoise_b0 = True  # with one b0, its noise would otherwise scale every fitted diffusivity
     if not isinstance(model, FrozenModel):
         import torch
 

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from dwivae.errors import InputError
 from dwivae.kernel import default_threads, library
 
 MEDIAN_RADIUS = 2
@@ -73,4 +74,8 @@ def median_otsu_mask(b0: np.ndarray, *, median_radius: int = MEDIAN_RADIUS, nump
     smoothed = np.asarray(b0, dtype=np.float32)
     for _ in range(numpass):
         smoothed = median_filter(smoothed, median_radius, threads=threads)
-    return smoothed > otsu(smoothed)
+    try:
+        return smoothed > otsu(smoothed)
+    except ValueError:  # a range too narrow for 256 bins (e.g. values scaled to ~1e-44)
+        raise InputError("the mean b0 volume has too little contrast for an automatic mask (check the header's "
+                         "scl_slope): give --mask FILE or --mask none") from None
