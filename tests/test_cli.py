@@ -12,6 +12,7 @@ from dwivae import kernel, training
 from dwivae.checkpoint import load_model, save_model
 from dwivae.acquisition import load_acquisition
 from dwivae.cli import main
+from dwivae.grouping import DEFAULT_GROUP
 from dwivae.noise import remove_noise_floor
 
 
@@ -122,12 +123,12 @@ def test_denoise_finds_bids_gradients_and_trains_on_the_fly(tmp_path, capsys):
     (tmp_path / "sub-01_dwi.bval").write_bytes(bval.read_bytes())
     (tmp_path / "sub-01_dwi.bvec").write_bytes(bvec.read_bytes())
     argv = ["denoise", str(tmp_path / "sub-01_dwi.nii.gz"), "--out", str(tmp_path / "d.nii.gz"), "--quiet"]
-    assert main(argv) == 0  # no flag: a model for the data's protocol and noise, pooled non-locally
+    assert main(argv) == 0  # no flag: a model for the data's protocol and noise, grouped by latent codes
     assert "training a vae" in capsys.readouterr().err
     cached = [p for p in (tmp_path / "cache").iterdir() if p.name != "kernels"]
     assert len(cached) == 1 and (cached[0] / "model.json").exists() and "-rician1-snr" in cached[0].name
     sidecar = json.loads((tmp_path / "d.json").read_text())
-    assert sidecar["NonLocal"]["Strength"] == 2.5 and sidecar["Model"]["path"] == str(cached[0].resolve())
+    assert sidecar["NonLocal"]["GroupSize"] == DEFAULT_GROUP and sidecar["Model"]["path"] == str(cached[0].resolve())
     sigma_map = np.asarray(nib.load(tmp_path / "d_sigma.nii.gz").dataobj)
     assert sigma_map.shape == img.shape[:3] and np.allclose(sigma_map[sigma_map > 0], sidecar["NonLocal"]["NoiseSigma"])
     assert sidecar["Outputs"]["sigma"] == "d_sigma.nii.gz"
@@ -230,7 +231,7 @@ def test_train_measures_the_snr_range_on_data(tmp_path, capsys):
                     "5", "50", "--quiet", "--out", str(tmp_path / "x")], "not both")
 
 
-def test_denoise_bias_correct_estimates_sigma_from_the_b0_volumes(tmp_path, capsys):
+def test_denoise_bias_correct_estimates_sigma_by_mppca(tmp_path, capsys):
     assert main(["phantom", "--protocol", "seed32", "--shape", "24", "24", "12", "--snr", "10", "--noise", "rician",
                  "--out", str(tmp_path / "ph")]) == 0
     dwi = tmp_path / "ph" / "dwi.nii.gz"
@@ -241,7 +242,7 @@ def test_denoise_bias_correct_estimates_sigma_from_the_b0_volumes(tmp_path, caps
     assert main([*common, "--out", str(tmp_path / "plain.nii.gz")]) == 0
     assert main([*common, "--bias-correct", "--out", str(tmp_path / "bc.nii.gz")]) == 0
     side = json.loads((tmp_path / "bc.json").read_text())["BiasCorrection"]
-    assert side["SigmaFrom"] == "spread of the b0 volumes" and side["Coils"] == 1
+    assert side["SigmaFrom"] == "MP-PCA noise estimate" and side["Coils"] == 1
     assert side["NoiseSigma"] == pytest.approx(truth, rel=0.1)
     plain, corrected = (np.asarray(nib.load(tmp_path / f"{n}.nii.gz").dataobj) for n in ("plain", "bc"))
     acq = load_acquisition(tmp_path / "ph" / "dwi.bval", tmp_path / "ph" / "dwi.bvec")
@@ -259,7 +260,7 @@ def test_denoise_bias_correct_with_one_b0_uses_mppca(tmp_path, small64):
     assert main(["denoise", str(dwi), "--bvals", str(bval), "--bvecs", str(bvec), "--model", str(model_dir),
                  "--bias-correct", "--quiet", "--out", str(tmp_path / "bc.nii.gz")]) == 0
     side = json.loads((tmp_path / "bc.json").read_text())["BiasCorrection"]
-    assert side["SigmaFrom"] == "MP-PCA noise map" and side["NoiseSigma"] > 0
+    assert side["SigmaFrom"] == "MP-PCA noise estimate" and side["NoiseSigma"] > 0
 
 
 def test_denoise_bias_correct_bad_inputs(tmp_path, capsys, small64):
@@ -289,7 +290,7 @@ def test_denoise_spatial_file_matches_memory_across_slabs(tmp_path, capsys):
     side = json.loads((tmp_path / "sp.json").read_text())["Spatial"]
     assert side["Strength"] == 2.0 and side["LatentScale"] > 0 and side["Radius"] == 1
     truth = json.loads((tmp_path / "ph" / "phantom.json").read_text())["sigma"]
-    assert side["SigmaFrom"] == "spread of the b0 volumes" and side["NoiseSigma"] == pytest.approx(truth, rel=0.15)
+    assert side["SigmaFrom"] == "MP-PCA noise estimate" and side["NoiseSigma"] == pytest.approx(truth, rel=0.15)
     data = np.asarray(nib.load(dwi).dataobj, dtype=np.float32)
     from_file = np.asarray(nib.load(tmp_path / "sp.nii.gz").dataobj)
     in_memory = denoise(data, acq, load_model(model_dir), spatial=2.0, sigma=side["NoiseSigma"])

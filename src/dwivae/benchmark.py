@@ -129,7 +129,7 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
                   threads: int = 1, seed: int = 0,
                   log: Callable[[str], None] = print, fa_maps: Path | None = None,
                   done: Callable[[dict], None] | None = None, bias_correct: bool = False,
-                  spatial: float | None = None, pooling: float | None = None) -> dict:
+                  spatial: float | None = None, pooling: int | None = None) -> dict:
     """Run and score every method on every phantom.
 
     Parameters
@@ -163,9 +163,9 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
         (the voxel-wise codes, also for a network with a learned context). A network with a
         learned context network (``train --context``) is also scored without it, as
         ``<method>-voxelwise``.
-    pooling : float, optional
-        Also score each network with non-local pooling at this strength (``denoise --nonlocal``;
-        sigma measured on the data), as ``<method>+nonlocal``.
+    pooling : int, optional
+        Also score each network with the grouped low-rank estimate, groups of about this many
+        voxels (``denoise --nonlocal``; sigma measured on the data), as ``<method>+nonlocal``.
 
     Returns
     -------
@@ -224,7 +224,7 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
                 pooled = denoise(phantom["noisy"], acq, model, mask=mask, pooling=pooling,  # b0 too, as the plain
                                  coils=info.get("coils") or 1, context=False, denoise_b0=True)  # command does
                 outputs.append((f"{method}+nonlocal", pooled,
-                                {"status": "ok", "note": f"{result.note}, non-local {pooling:g}",
+                                {"status": "ok", "note": f"{result.note}, grouped by {pooling} voxels",
                                  "seconds": time.perf_counter() - started}))
             if (bias_correct and info.get("noise") != "gaussian"
                     and (model is None or model.train_config.noise == "gaussian")):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dwivae._version import __version__
 from dwivae.errors import InputError
+from dwivae.grouping import DEFAULT_GROUP, MIN_GROUP
 
 
 def _number(kind: type, low: float, *, above: bool = False, high: float | None = None):
@@ -35,6 +36,8 @@ COUNT = _number(int, 1)
 """A whole number >= 1 (threads, coils, epochs, widths)."""
 POSITIVE = _number(float, 0.0, above=True)
 """A number > 0 (sigma, SNR, learning rate)."""
+GROUP = _number(int, MIN_GROUP)
+"""Voxels per group of ``--nonlocal`` (at least :data:`dwivae.grouping.MIN_GROUP`)."""
 
 
 def _protocol_args(parser: argparse.ArgumentParser) -> None:
@@ -189,12 +192,11 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     from dwivae.denoise import check_protocol, denoise_file, output_paths
     from dwivae.frozen import FrozenModel
     from dwivae.outputs import check_outputs
-    from dwivae.pooling import DEFAULT_STRENGTH
 
     if bool(args.bvals) != bool(args.bvecs):
         raise InputError("give both --bvals and --bvecs, or neither to use the BIDS files next to the image")
     if args.model is None and args.nonlocal_ is None and args.spatial is None and not args.uncertainty:
-        args.nonlocal_ = DEFAULT_STRENGTH  # the plain command pools, the b0 volumes too (as MP-PCA does):
+        args.nonlocal_ = DEFAULT_GROUP  # the plain command pools, the b0 volumes too (as MP-PCA does):
         args.denoise_b0 = True  # with one b0, its noise would otherwise scale every fitted diffusivity
     if (args.sigma is not None or args.coils != 1) and not (args.bias_correct or args.spatial is not None
                                                             or args.nonlocal_ is not None):
@@ -445,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bvecs", type=Path, help="FSL .bvec (default: the BIDS file next to the image)")
     p.add_argument("--model", type=Path,
                    help="model directory from `dwivae train` (default: train one for the data's protocol and noise, "
-                        "or reuse the cached one, and pool non-locally)")
+                        "or reuse the cached one, and estimate each voxel from its group of like codes, --nonlocal)")
     p.add_argument("--train", action="store_true",
                    help="train a model for the data's protocol and noise when --model does not match, as the "
                         "command does without --model (seeded, cached in ~/.cache/dwivae/models or $DWIVAE_CACHE)")
@@ -459,15 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spatial", type=POSITIVE, nargs="?", const=2.0, metavar="STRENGTH",
                    help="decode each voxel's latent mean averaged over its 3x3x3 neighbourhood, weighted by how "
                         "close the neighbours' codes are (edge-aware; strength 2 if no value is given)")
-    p.add_argument("--nonlocal", dest="nonlocal_", type=POSITIVE, nargs="?", const=2.5, metavar="STRENGTH",
-                   help="pool each voxel's measured signals over a 5x5x5 window, weighted by how close the "
-                        "neighbours' latent codes are, with the noise floor removed and the decoder's own detail "
-                        "added back (strength 2.5 if no value is given; needs --sigma or estimates it)")
+    p.add_argument("--nonlocal", dest="nonlocal_", type=GROUP, nargs="?", const=DEFAULT_GROUP, metavar="GROUP",
+                   help="estimate each voxel as the low-rank part of the measured series of a group of about GROUP "
+                        f"voxels whose latent codes are alike, noise floor removed (the plain command's method; "
+                        f"GROUP {DEFAULT_GROUP} if no value is given; needs --sigma or estimates it)")
     p.add_argument("--bias-correct", action="store_true",
                    help="remove the Rician / noncentral-chi noise floor from the output (models trained on "
-                        "Gaussian noise, the default); noise level from --sigma or the b0 volumes' spread")
-    p.add_argument("--sigma", type=POSITIVE, help="noise standard deviation per channel, for --bias-correct and --spatial "
-                   "(scanner units; default: the spread of the b0 volumes, or with one b0 DIPY's MP-PCA noise map)")
+                        "Gaussian noise, the default); noise level from --sigma or the MP-PCA noise estimate")
+    p.add_argument("--sigma", type=POSITIVE, help="noise standard deviation per channel, for --nonlocal, --bias-correct "
+                   "and --spatial (scanner units; default: the Marchenko-Pastur estimate of MP-PCA in the mask)")
     p.add_argument("--coils", type=COUNT, default=1,
                    help="receive coils combined by root sum of squares, for --bias-correct and --spatial "
                         "(1: Rician)")
@@ -530,8 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spatial", type=POSITIVE, nargs="?", const=2.0, metavar="STRENGTH",
                    help="also score each network with latent means averaged over the neighbourhood "
                         "(`denoise --spatial`), as METHOD+spatial")
-    p.add_argument("--nonlocal", dest="nonlocal_", type=POSITIVE, nargs="?", const=2.5, metavar="STRENGTH",
-                   help="also score each network with non-local pooling (`denoise --nonlocal`), as METHOD+nonlocal")
+    p.add_argument("--nonlocal", dest="nonlocal_", type=GROUP, nargs="?", const=DEFAULT_GROUP, metavar="GROUP",
+                   help="also score each network with the grouped low-rank estimate (`denoise --nonlocal`), "
+                        "as METHOD+nonlocal")
     p.add_argument("--bias-correct", action="store_true",
                    help="on Rician / noncentral-chi phantoms, also score each output with the noise floor "
                         "removed (the phantom's sigma), as METHOD+bc")

@@ -26,9 +26,9 @@ from dwivae.mask import median_otsu_mask
 from dwivae.noise import (SIGMA_METHODS, central_slices, check_noise_model, estimate_sigma, remove_noise_floor,
                           sigma_from_b0, sigma_from_mppca, sigma_method)
 from dwivae.outputs import OutputSet, check_outputs
-from dwivae.pooling import DEFAULT_DETAIL as POOLING_DETAIL
-from dwivae.pooling import DEFAULT_RADIUS as POOLING_RADIUS
-from dwivae.pooling import DEFAULT_STRENGTH, nonlocal_estimate
+from dwivae.grouping import BLOCK as GROUPING_BLOCK
+from dwivae.grouping import DEFAULT_GROUP, grouped_estimate
+from dwivae.grouping import PASSES as GROUPING_PASSES
 from dwivae.simulate import add_noncentral_chi_noise
 from dwivae.spatial import smooth_codes
 
@@ -314,12 +314,12 @@ def learned_context_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: 
 
 
 def nonlocal_volume(data: np.ndarray, inside: np.ndarray, acq: Acquisition, model: TrainedModel, *, sigma: float,
-                    strength: float = DEFAULT_STRENGTH, coils: int = 1, denoise_b0: bool = False) -> np.ndarray:
-    """Every voxel of the mask pooled non-locally by :func:`dwivae.pooling.nonlocal_estimate`.
+                    group: int = DEFAULT_GROUP, coils: int = 1, denoise_b0: bool = False, seed: int = 0) -> np.ndarray:
+    """Every voxel of the mask estimated by :func:`dwivae.grouping.grouped_estimate`.
 
-    The encoder's latent means weigh the neighbours (``h`` = ``strength`` times the codes' noise
-    scale at ``sigma``, :func:`code_noise_scale`), and the decoder's estimates give each voxel's
-    own detail.
+    The encoder's latent means, in units of their noise scale at ``sigma``
+    (:func:`code_noise_scale`), decide which voxels are grouped; the estimate is the low-rank
+    part of the measured series of each group, noise floor removed.
 
     Parameters
     ----------
@@ -328,39 +328,36 @@ def nonlocal_volume(data: np.ndarray, inside: np.ndarray, acq: Acquisition, mode
     acq, model
     sigma : float
         The data's noise level per real channel.
-    strength : float
+    group : int
+        Voxels per group.
     coils : int
         Receive coils of the magnitude noise (1: Rician).
     denoise_b0 : bool
         Replace the b0 volumes too (default: kept as measured).
+    seed : int
+        Seed of the grouping.
 
     Returns
     -------
     (X, Y, Z, N) ndarray, float32
     """
-    import torch
-
     data = np.asarray(data, dtype=np.float32)
     codes, s0, valid = encode_signals(data[inside], acq, model)
     if not valid.any():
-        raise InputError("no voxel with S0 > 0 and finite values in the mask: nothing to pool")
-    with torch.inference_mode():
-        decoded = model.network.decode(torch.from_numpy(codes)).numpy() * s0[:, None]
+        raise InputError("no voxel with S0 > 0 and finite values in the mask: nothing to denoise")
     scale = code_noise_scale(codes[valid], s0[valid], model, sigma, coils=coils)
     where = np.zeros(inside.shape, bool)
     where[inside] = valid
     code_volume = np.zeros((*inside.shape, codes.shape[1]), np.float32)
-    code_volume[inside] = codes
-    decoded_volume = np.zeros(data.shape, np.float32)
-    decoded_volume[inside] = decoded
-    out = nonlocal_estimate(data, decoded_volume, code_volume, where, sigma=sigma, h=strength * scale, coils=coils)
+    code_volume[inside] = codes / np.float32(scale)
+    out = grouped_estimate(data, code_volume, where, sigma=sigma, coils=coils, group=group, seed=seed)
     if not denoise_b0:
         out[..., acq.b0_mask] = data[..., acq.b0_mask]
     return out
 
 
 def check_frozen(model: Model, *, spatial: float | None = None, uncertainty: int = 0,
-                 pooling: float | None = None) -> None:
+                 pooling: int | None = None) -> None:
     """Refuse what a model read for the compiled forward pass alone cannot do."""
     if not isinstance(model, FrozenModel):
         return
@@ -393,7 +390,7 @@ def denoise(
     spatial: float | None = None,
     context: bool = True,
     threads: int | None = None,
-    pooling: float | None = None,
+    pooling: int | None = None,
 ) -> np.ndarray:
     """Denoise a 4D diffusion series held in memory.
 
@@ -424,9 +421,9 @@ def denoise(
         False denoises voxel by voxel.
     threads : int, optional
         Threads of the compiled forward pass (default: the CPUs this process may use).
-    pooling : float, optional
-        Pool each voxel's measured signals non-locally with this strength (:func:`nonlocal_volume`)
-        instead of decoding it alone.
+    pooling : int, optional
+        Estimate each voxel as the low-rank part of a group of about this many voxels of like
+        latent codes (:func:`nonlocal_volume`), noise floor removed, instead of decoding it alone.
 
     Returns
     -------
@@ -451,7 +448,7 @@ def denoise(
     if sigma is None and (bias_correct or spatial is not None or pooling is not None):
         sigma = estimate_sigma(data, acq, inside)
     if pooling is not None:
-        out[inside] = nonlocal_volume(data, inside, acq, model, sigma=sigma, strength=pooling, coils=coils,
+        out[inside] = nonlocal_volume(data, inside, acq, model, sigma=sigma, group=pooling, coils=coils,
                                       denoise_b0=denoise_b0)[inside]
         return out
     codes = None
@@ -519,7 +516,7 @@ def denoise_file(
     context: bool = True,
     threads: int | None = None,
     inputs: Iterable[str | PathLike[str]] = (),
-    pooling: float | None = None,
+    pooling: int | None = None,
 ) -> tuple[dict[str, Path], DenoiseStats]:
     """Denoise a NIfTI file slab by slab and write the denoised series and its residual.
 
@@ -544,8 +541,8 @@ def denoise_file(
     bias_correct : bool
         Remove the Rician / noncentral-chi noise floor from the denoised volumes (for models
         trained on Gaussian noise), with noise level ``sigma`` (default: estimated inside the mask,
-        or the automatic mask with ``mask=None``, from the spread of the b0 volumes, or with one
-        b0 volume from DIPY's MP-PCA noise map; see :func:`dwivae.noise.estimate_sigma`) and
+        or the automatic mask with ``mask=None``, by the MP-PCA noise estimate; see
+        :func:`dwivae.noise.estimate_sigma`) and
         ``coils`` (1: Rician).
     spatial : float, optional
         Decode latent means averaged over each voxel's neighbourhood with this strength
@@ -558,9 +555,10 @@ def denoise_file(
     inputs : iterable of path
         Other files the run reads (gradient files, the model directory), which no output may
         replace; the image, its own JSON sidecar and the mask file are always protected.
-    pooling : float, optional
-        Pool each voxel's measured signals non-locally with this strength (:func:`nonlocal_volume`;
-        the series is read whole, and held in memory with its latent codes and decoded signals).
+    pooling : int, optional
+        Estimate each voxel as the low-rank part of a group of about this many voxels of like
+        latent codes, noise floor removed (:func:`nonlocal_volume`; the series is read whole, and
+        held in memory with its latent codes).
 
     Notes
     -----
@@ -619,7 +617,7 @@ def denoise_file(
     pooled = None
     if pooling is not None:
         whole = np.concatenate([data for _, _, data in io.iter_slabs(img, slab=slab)], axis=2)
-        pooled = nonlocal_volume(whole, inside, acq, model, sigma=sigma, strength=pooling, coils=coils,
+        pooled = nonlocal_volume(whole, inside, acq, model, sigma=sigma, group=pooling, coils=coils,
                                  denoise_b0=denoise_b0)
         del whole
     generator = None
@@ -666,7 +664,7 @@ def denoise_file(
         extra = dict(provenance or {})
         sidecar = {
             "Description": ("Denoised with an autoencoder trained on simulated q-space signals"
-                            + (", pooling measured signals non-locally by latent similarity" if pooling is not None
+                            + (", low-rank over groups of voxels of like latent codes, noise floor removed" if pooling is not None
                                else " and a learned network over each voxel's neighbourhood" if context
                                else ", voxel by voxel")),
             "GeneratedBy": [{"Name": "dwivae", "Version": __version__}],
@@ -680,7 +678,7 @@ def denoise_file(
             "Spatial": ({"Strength": spatial, "LatentScale": h, "Radius": 1, "NoiseSigma": sigma,
                          "SigmaFrom": sigma_from} if spatial is not None else None),
             "Context": ({"Radius": model.context.config.radius, "Learned": True} if context else None),
-            "NonLocal": ({"Strength": pooling, "Radius": POOLING_RADIUS, "Detail": POOLING_DETAIL,
+            "NonLocal": ({"GroupSize": pooling, "Block": GROUPING_BLOCK, "Passes": GROUPING_PASSES,
                           "NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils}
                          if pooling is not None else None),
             "BiasCorrection": ({"NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils} if bias_correct

@@ -1,8 +1,11 @@
 """The noise of measured data: its level, to match the training noise to it, and its floor.
 
-With two or more b0 volumes, their spread around each voxel's mean b0 measures sigma without a
-model: the b0 signal is the same in every b0 volume, so what varies is noise. With one b0 volume,
-DIPY's MP-PCA noise map measures it from the redundancy of the diffusion-weighted volumes.
+The default is the Marchenko-Pastur estimate of MP-PCA (Veraart et al. 2016, NeuroImage
+142:394), the one ``dwidenoise`` and DIPY's ``mppca`` use: in a 5 x 5 x 5 patch the series is
+redundant, and the eigenvalues of its covariance that follow the Marchenko-Pastur law are noise.
+It sees the whole series, so motion or pulsation between the b0 volumes does not count as noise;
+the spread of repeated b0 volumes (``"b0"``) does count it, and on real brain crops it reads 2 to
+6 times the MP-PCA sigma. It is kept as an option for data without spatial redundancy.
 
 Magnitude images have a noise floor: where the true signal nu is low, the expected magnitude is
 above it (Rician with one coil, noncentral chi with N coils combined by root sum of squares).
@@ -20,16 +23,18 @@ SNR_LIMITS = (2.0, 1000.0)
 """The SNR range handed to training is clipped to these bounds."""
 
 
-SIGMA_METHODS = {"b0": "spread of the b0 volumes", "mppca": "MP-PCA noise map"}
+SIGMA_METHODS = {"b0": "spread of the b0 volumes", "mppca": "MP-PCA noise estimate"}
 """How :func:`estimate_sigma` measures the noise, by name, with the words the logs use."""
-MPPCA_SLICES = 8
-"""The MP-PCA estimate runs on at most this many slices around the middle of the mask."""
+MPPCA_SLICES = 9
+"""The MP-PCA estimate reads at most this many slices around the middle of the mask."""
+MPPCA_PATCHES = 600
+"""Patches, spread evenly over the mask, whose Marchenko-Pastur estimates give the median."""
 
 
 def sigma_method(acq: Acquisition, method: str = "auto") -> str:
-    """``method`` itself, or for ``"auto"``: ``"b0"`` with two or more b0 volumes, else ``"mppca"``."""
+    """``method`` itself, or for ``"auto"``: ``"mppca"``."""
     if method == "auto":
-        return "b0" if int(acq.b0_mask.sum()) >= 2 else "mppca"
+        return "mppca"
     if method not in SIGMA_METHODS:
         raise InputError(f"unknown noise estimate {method!r}: choose auto, {', '.join(SIGMA_METHODS)}")
     return method
@@ -45,21 +50,19 @@ def estimate_sigma(data: np.ndarray, acq: Acquisition, mask: np.ndarray, *, meth
     mask : (X, Y, Z) bool ndarray
         Voxels to pool (e.g. the brain).
     method : {"auto", "b0", "mppca"}
-        ``b0``: the spread of the repeated b0 volumes (two or more). ``mppca``: the median over
-        the mask of DIPY's MP-PCA noise map (Veraart et al. 2016), any protocol, computed on
-        :data:`MPPCA_SLICES` slices around the middle of the mask. ``auto``: ``b0`` where there
-        are two b0 volumes or more, else ``mppca``.
+        ``mppca`` (and ``auto``): :func:`sigma_from_mppca` on :data:`MPPCA_SLICES` slices around
+        the middle of the mask. ``b0``: the spread of the repeated b0 volumes (two or more).
 
     Returns
     -------
     float
-        For ``b0``: ``sqrt`` of the mean over the mask of each voxel's unbiased b0 variance. At
-        the SNR of b0 images (> 5) Rician noise is close to Gaussian, so both estimates are the
-        per-channel sigma.
+        For ``b0``: ``sqrt`` of the mean over the mask of each voxel's unbiased b0 variance.
+        Both are the per-channel sigma where the signal is well above the floor.
     """
     if sigma_method(acq, method) == "b0":
         return sigma_from_b0(np.asarray(data[mask][:, acq.b0_mask]), acq.name)
-    return sigma_from_mppca(data, mask)
+    z = central_slices(mask)
+    return sigma_from_mppca(np.asarray(data[:, :, z]), np.asarray(mask)[:, :, z])
 
 
 def central_slices(mask: np.ndarray, count: int = MPPCA_SLICES) -> slice:
@@ -71,26 +74,51 @@ def central_slices(mask: np.ndarray, count: int = MPPCA_SLICES) -> slice:
     return slice(start, start + count)
 
 
-def sigma_from_mppca(data: np.ndarray, mask: np.ndarray) -> float:
-    """Median over the mask of DIPY's MP-PCA noise map on the slices of :func:`central_slices`.
+def marchenko_pastur_variance(eigenvalues: np.ndarray, samples: int) -> np.ndarray:
+    """Noise variance of each patch from its covariance eigenvalues (P, N), in ascending order.
 
-    ``data`` may already be cut to those slices (then ``mask`` is cut alike).
+    Veraart et al. 2016's criterion as DIPY's ``_pca_classifier`` writes it: the largest ``c``
+    for which ``L[c] - L[0] <= 4 sqrt((c + 1) / samples) mean(L[:c + 1])`` marks the noise
+    eigenvalues ``L[:c + 1]``, whose mean is the variance. Eigenvalues beyond ``samples - 1``
+    (zero after the mean is removed) are left out first.
     """
-    from dipy.denoise.localpca import mppca
+    values = np.asarray(eigenvalues, dtype=np.float64)
+    values = values[:, max(0, values.shape[1] - (samples - 1)):]
+    count = np.arange(1, values.shape[1] + 1)
+    means = np.cumsum(values, axis=1) / count
+    inside = values - values[:, :1] - 4 * np.sqrt(count / samples) * means <= 0
+    last = values.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1)
+    return means[np.arange(len(values)), last]
 
-    if data.shape[2] > MPPCA_SLICES:
-        z = central_slices(mask)
-        data, mask = data[:, :, z], mask[:, :, z]
+
+def sigma_from_mppca(data: np.ndarray, mask: np.ndarray, *, patches: int = MPPCA_PATCHES) -> float:
+    """Median Marchenko-Pastur noise level over ``patches`` patches centred in the mask.
+
+    The patch is the smallest cube (5 x 5 x 5 or more) with more voxels than volumes, as in
+    DIPY's ``mppca``; centres are taken where the whole patch lies in the image, evenly spread
+    over the mask's voxels.
+    """
+    data = np.asarray(data, dtype=np.float32)
     mask = np.asarray(mask, bool)
-    if not mask.any():
-        raise InputError("the mask is empty: no voxel to estimate the noise from")
-    with np.errstate(invalid="ignore", divide="ignore"):  # DIPY divides by 0 outside the mask
-        _, sigma = mppca(np.asarray(data, dtype=np.float32), mask=mask, patch_radius=2, return_sigma=True,
-                         suppress_warning=True)
-    values = sigma[mask & (sigma > 0)]
-    if values.size == 0:
-        raise InputError("MP-PCA found no noise in the mask (too few voxels or volumes): give the noise level")
-    return float(np.median(values))
+    volumes = data.shape[-1]
+    radius = 2
+    while (2 * radius + 1) ** 3 <= volumes:
+        radius += 1
+    centres = np.argwhere(mask)
+    inner = np.all((centres >= radius) & (centres < np.array(mask.shape) - radius), axis=1)
+    centres = centres[inner]
+    if len(centres) == 0:
+        raise InputError(f"the mask has no voxel {radius} voxels inside the image: too small to estimate the noise "
+                         "from; give the noise level (--sigma)")
+    centres = centres[np.unique(np.linspace(0, len(centres) - 1, min(patches, len(centres))).round().astype(int))]
+    offsets = np.arange(-radius, radius + 1)
+    grid = np.stack(np.meshgrid(offsets, offsets, offsets, indexing="ij"), axis=-1).reshape(-1, 3)
+    where = centres[:, None, :] + grid[None]
+    patch = data[where[..., 0], where[..., 1], where[..., 2]].astype(np.float64)
+    patch -= patch.mean(axis=1, keepdims=True)
+    covariance = np.einsum("psi,psj->pij", patch, patch) / patch.shape[1]
+    variance = marchenko_pastur_variance(np.linalg.eigvalsh(covariance), patch.shape[1])
+    return float(np.sqrt(np.median(variance)))
 
 
 def sigma_from_b0(b0: np.ndarray, protocol: str = "this protocol") -> float:
