@@ -1,9 +1,9 @@
 """The plain `dwivae denoise` against DIPY mppca and MRtrix3 dwidenoise on realistic phantoms.
 
 Each phantom directory (``dwivae phantom --tissue realistic``) is denoised by every method in the
-same run: ours as a user runs it (``dwivae denoise dwi.nii.gz --out ...``, ``--coils`` for
-noncentral-chi phantoms, model trained or taken from the cache), the peers in the phantom's head
-mask. Scored against the clean series (FA, MD, RMSE, and MK on multi-shell protocols), over all
+same run, all in the phantom's head mask: ours as a user runs it (``dwivae denoise dwi.nii.gz
+--mask labels.nii.gz --out ...``, ``--coils`` for noncentral-chi phantoms, model trained or taken
+from the cache), and the peers. Scored against the clean series (FA, MD, RMSE, and MK on multi-shell protocols), over all
 tissue and per tissue; ``worse than noisy`` lists every tissue and metric where a method ends
 worse than the noisy input. Peer outputs are cached in CACHE (DIPY's mppca takes minutes).
 
@@ -33,7 +33,8 @@ def _plain_dwivae(phantom: Path, coils: int, tmp: Path) -> tuple[np.ndarray, flo
     out = tmp / f"{phantom.name}.nii.gz"
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "dwivae.cli", "denoise", str(phantom / "dwi.nii.gz"), "--out", str(out),
-                    "--quiet", "--force", *(["--coils", str(coils)] if coils > 1 else [])],
+                    "--mask", str(phantom / "labels.nii.gz"), "--quiet", "--force",
+                    *(["--coils", str(coils)] if coils > 1 else [])],
                    check=True, capture_output=True)
     return np.asarray(nib.load(out).dataobj, dtype=np.float32), time.perf_counter() - started
 

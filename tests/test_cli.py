@@ -128,7 +128,8 @@ def test_denoise_finds_bids_gradients_and_trains_on_the_fly(tmp_path, capsys):
     cached = [p for p in (tmp_path / "cache").iterdir() if p.name != "kernels"]
     assert len(cached) == 1 and (cached[0] / "model.json").exists() and "-rician1-snr" in cached[0].name
     sidecar = json.loads((tmp_path / "d.json").read_text())
-    assert sidecar["NonLocal"]["GroupSize"] == DEFAULT_GROUP and sidecar["Model"]["path"] == str(cached[0].resolve())
+    assert sidecar["NonLocal"]["GroupSize"] == DEFAULT_GROUP and sidecar["NonLocal"]["NoiseFloorRemoved"] is True
+    assert sidecar["Model"]["path"] == str(cached[0].resolve())
     sigma_map = np.asarray(nib.load(tmp_path / "d_sigma.nii.gz").dataobj)
     assert sigma_map.shape == img.shape[:3] and np.allclose(sigma_map[sigma_map > 0], sidecar["NonLocal"]["NoiseSigma"])
     assert sidecar["Outputs"]["sigma"] == "d_sigma.nii.gz"
@@ -186,11 +187,14 @@ def test_denoise_bad_inputs(tmp_path, capsys, small64):
 def test_demo_ends_with_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
-    for name in ("models/vae/model.json", "models/dae/model.safetensors", "dwi_vae.nii.gz", "dwi_dae.json",
-                 "comparison.png"):
+    for name in ("phantom/clean.nii.gz", "benchmark/results.json", "benchmark/fa_errors_phantom.png",
+                 "dwi_dwivae.nii.gz", "dwi_dwivae_sigma.nii.gz", "dwi_dwivae.json", "dwi_mppca.nii.gz"):
         assert (out / name).exists(), name
+    methods = json.loads((out / "benchmark" / "results.json").read_text())["phantoms"]["phantom"]["methods"]
+    assert {"noisy", "dwivae", "mppca"} <= set(methods) and methods["dwivae"]["status"] == "ok"
     page = (out / "report.html").read_text()
     assert page.count('<img src="data:image/png;base64,') >= 9 and "dwivae demo (seed 0)" in page
+    assert "FA errors: phantom" in page and "mppca" in page  # the peers beside ours, on the phantom and the scan
     assert main(["demo", "--out", str(out)]) == 2 and "not empty" in capsys.readouterr().err
 
 
@@ -268,6 +272,7 @@ def test_denoise_bias_correct_bad_inputs(tmp_path, capsys, small64):
     common = ["denoise", str(dwi), "--bvals", str(bval), "--bvecs", str(bvec), "--out", str(tmp_path / "o.nii.gz"),
               "--quiet"]
     _fails(capsys, [*common, "--model", str(model_dir), "--sigma", "20"], "add one of them")
+    _fails(capsys, [*common, "--model", str(model_dir), "--keep-floor"], "drop it or add --nonlocal")
     _fails(capsys, [*common, "--model", str(model_dir), "--bias-correct", "--sigma", "-1"], "must be above 0")
     rician = training.train(load_acquisition(bval, bvec), arch="dae", seed=0,
                             config=replace(TINY_TRAINING, noise="rician", snr_range=(5.0, 50.0)))

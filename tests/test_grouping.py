@@ -43,6 +43,8 @@ def test_the_noise_floor_is_removed(coils):
     out = grouped_estimate(noisy, codes, np.ones(SHAPE, bool), sigma=50.0, coils=coils)
     assert noisy.mean() > 1.3 * 60  # what averaging magnitudes would keep
     assert abs(out.mean() - 60) < 6
+    kept = grouped_estimate(noisy, codes, np.ones(SHAPE, bool), sigma=50.0, coils=coils, remove_floor=False)
+    assert abs(kept.mean() / noisy.mean() - 1) < 0.05  # the expected magnitude, as MP-PCA keeps it
 
 
 def test_voxels_whose_codes_differ_are_not_mixed():

@@ -1,6 +1,8 @@
 """The denoisers we compare with, behind one call: ``run_method(name, data, acq, mask=...)``.
 
-``noisy`` (no denoising: the floor), ``vae`` and ``dae`` (ours), ``mppca`` (DIPY's Marchenko-
+``noisy`` (no denoising: the floor), ``dwivae`` (the plain ``dwivae denoise``: a model trained
+for the data's protocol and noise, then the grouped estimate; training included in its time),
+``vae`` and ``dae`` (a given or cached network, voxel by voxel), ``mppca`` (DIPY's Marchenko-
 Pastur PCA), ``dwidenoise`` (MRtrix3's binary, run as a user runs it), ``patch2self`` (DIPY) and
 ``svd`` (a linear subspace fitted on simulated signals: the linear counterpart of our networks).
 A method that cannot run here is reported as skipped with the reason; an output that fails the
@@ -28,7 +30,7 @@ from dwivae.simulate import random_tensors, tensor_signals
 if TYPE_CHECKING:
     from dwivae.training import TrainedModel
 
-METHODS = ("noisy", "vae", "dae", "mppca", "dwidenoise", "patch2self", "svd")
+METHODS = ("noisy", "dwivae", "vae", "dae", "mppca", "dwidenoise", "patch2self", "svd")
 SVD_TOLERANCE = 0.005
 """RMS error (fraction of S0) that the SVD subspace leaves on clean simulated signals."""
 
@@ -67,6 +69,12 @@ def _ours(data: np.ndarray, acq: Acquisition, mask: np.ndarray, model: TrainedMo
         raise InputError("vae and dae need a trained model for the protocol")
     note = f"{model.model_config.arch}, latent {model.model_config.latent}"
     return denoise(data, acq, model, mask=mask), note + (", learned context" if model.context is not None else "")
+
+
+def _plain(data: np.ndarray, acq: Acquisition, mask: np.ndarray, coils: int) -> tuple[np.ndarray, str]:
+    from dwivae.grouping import DEFAULT_GROUP
+    from dwivae.plain import plain_denoise
+    return plain_denoise(data, acq, mask, coils=coils), f"plain dwivae denoise (groups of {DEFAULT_GROUP}, {coils} coil(s))"
 
 
 def _mppca(data: np.ndarray, acq: Acquisition, mask: np.ndarray, threads: int) -> tuple[np.ndarray, str]:
@@ -189,7 +197,7 @@ def mean_shift(out: np.ndarray, data: np.ndarray, mask: np.ndarray) -> float:
 
 
 def run_method(name: str, data: np.ndarray, acq: Acquisition, *, mask: np.ndarray,
-               model: TrainedModel | None = None, threads: int = 1) -> MethodResult:
+               model: TrainedModel | None = None, threads: int = 1, coils: int = 1) -> MethodResult:
     """Denoise ``data`` with one method, timed and checked.
 
     Parameters
@@ -204,6 +212,8 @@ def run_method(name: str, data: np.ndarray, acq: Acquisition, *, mask: np.ndarra
         The network for ``vae`` and ``dae``.
     threads : int
         Threads that ``dwidenoise`` may use.
+    coils : int
+        Receive coils of the data's magnitude noise, for ``dwivae`` (1: Rician).
 
     Returns
     -------
@@ -218,6 +228,8 @@ def run_method(name: str, data: np.ndarray, acq: Acquisition, *, mask: np.ndarra
     try:
         if name in ("vae", "dae"):
             out, note = _ours(data, acq, mask, model)
+        elif name == "dwivae":
+            out, note = _plain(data, acq, mask, coils)
         else:
             out, note = {"mppca": _mppca, "dwidenoise": _dwidenoise, "patch2self": _patch2self,
                          "svd": _svd}[name](data, acq, mask, threads)

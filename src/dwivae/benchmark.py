@@ -150,7 +150,7 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
         Seed of the models trained here.
     log : callable
     fa_maps : Path, optional
-        Directory for a figure of each phantom's FA maps, side by side.
+        Directory for figures of each phantom's FA maps and FA error maps, side by side.
     done : callable, optional
         Called with the results so far after each phantom (e.g. to save them as they come).
     bias_correct : bool
@@ -195,7 +195,8 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
                 entry["methods"][method] = {"status": "skipped", "seconds": 0.0,
                                             "note": f"model for another protocol ({model.acquisition.mismatch(acq)})"}
                 continue
-            result = run_method(kind, phantom["noisy"], acq, mask=mask, model=model, threads=threads)
+            result = run_method(kind, phantom["noisy"], acq, mask=mask, model=model, threads=threads,
+                                coils=phantom["info"].get("coils") or 1)
             row = {"status": result.status, "note": result.note, "seconds": result.seconds}
             if result.status != "ok":
                 log(f"{phantom['name']} {method}: {result.status} ({result.note})")
@@ -246,6 +247,9 @@ def run_benchmark(phantoms: Sequence[str | PathLike[str]], *, methods: Sequence[
             from dwivae.figures import map_grid
             map_grid(maps, fa_maps / f"fa_maps_{phantom['name']}.png", label="FA", vmin=0.0, vmax=1.0,
                      title=f"{phantom['name']}: FA, middle slice (WLS fit)")
+            errors = {name: np.abs(fa - maps["clean"]) for name, fa in maps.items() if name != "clean"}
+            map_grid(errors, fa_maps / f"fa_errors_{phantom['name']}.png", label="|FA - FA of the clean series|",
+                     cmap="magma", vmin=0.0, vmax=0.1, title=f"{phantom['name']}: FA error, middle slice")
         results["phantoms"][phantom["name"]] = entry
         if done is not None:
             done(results)

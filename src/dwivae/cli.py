@@ -198,6 +198,9 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     if args.model is None and args.nonlocal_ is None and args.spatial is None and not args.uncertainty:
         args.nonlocal_ = DEFAULT_GROUP  # the plain command pools, the b0 volumes too (as MP-PCA does):
         args.denoise_b0 = True  # with one b0, its noise would otherwise scale every fitted diffusivity
+    if args.keep_floor and args.nonlocal_ is None:
+        raise InputError("--keep-floor is for the grouped estimate (the plain command, or --nonlocal): drop it or add "
+                         "--nonlocal")
     if (args.sigma is not None or args.coils != 1) and not (args.bias_correct or args.spatial is not None
                                                             or args.nonlocal_ is not None):
         raise InputError("--sigma and --coils describe the data's noise for --bias-correct, --spatial and "
@@ -228,6 +231,7 @@ def cmd_denoise(args: argparse.Namespace) -> None:
                                 bias_correct=args.bias_correct, sigma=args.sigma, coils=args.coils,
                                 spatial=args.spatial, context=args.context, threads=args.threads,
                                 progress=not args.quiet, inputs=[*inputs, model_path], pooling=args.nonlocal_,
+                                keep_floor=args.keep_floor,
                                 provenance={"Command": shlex.join(["dwivae", *args.argv]),
                                             "Model": {"path": str(Path(model_path).resolve())},
                                             "GradientFiles": {"bval": str(Path(bvals).resolve()),
@@ -237,25 +241,17 @@ def cmd_denoise(args: argparse.Namespace) -> None:
 
 
 def _matched_model(args: argparse.Namespace, acq):
-    """The model of the plain `dwivae denoise`: trained for the data's protocol and noise (random
-    tensors and ball-and-sticks drawn afresh, Rician or noncentral-chi noise over the data's SNR
-    range, widened to powers of 2), or taken from the cache where one was trained for the same."""
-    import math
+    """The model of the plain `dwivae denoise` (:func:`dwivae.plain.matched_model`) for ``args.dwi``."""
+    import numpy as np
 
-    from dwivae.checkpoint import cached_model_path, load_or_train
-    from dwivae.training import PRESETS
+    from dwivae import io
+    from dwivae.denoise import auto_mask
+    from dwivae.plain import matched_model
 
-    low, high = _snr_from_data(args.dwi, acq, "auto" if args.mask == "none" else args.mask)
-    low, high = 2.0 ** math.floor(math.log2(low)), 2.0 ** math.ceil(math.log2(high))
-    noise = "rician" if args.coils == 1 else "nc-chi"
-    config = replace(PRESETS["default"], atoms="mixed", fresh_atoms=True, noise=noise, coils=args.coils,
-                     snr_range=(low, high))
-    tag = f"{noise}{args.coils}-snr{low:g}-{high:g}"
-    cached = cached_model_path(acq, arch=args.arch, latent=7, seed=args.seed, tag=tag)
-    print(f"using the cached {args.arch} for {acq.describe()} in {cached}" if cached.exists() else
-          f"training a {args.arch} for {acq.describe()}, {noise} noise, SNR {low:g}-{high:g} (cached in {cached})",
-          file=sys.stderr)
-    return load_or_train(acq, arch=args.arch, seed=args.seed, config=config, tag=tag)
+    img = io.load_dwi(args.dwi)
+    mask = auto_mask(img, acq) if args.mask in ("auto", "none") else io.load_mask(args.mask, img)
+    return matched_model(acq, np.asarray(img.dataobj, dtype=np.float32), mask, coils=args.coils, arch=args.arch,
+                         seed=args.seed, log=lambda line: print(f"{args.dwi.name}: {line}", file=sys.stderr))
 
 
 def _denoising_model(args: argparse.Namespace):
@@ -287,8 +283,11 @@ def cmd_figures(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from dwivae.report import build_report
 
+    peers = {p.name.removesuffix(".gz").removesuffix(".nii"): p for p in args.peers}
+    if len(peers) != len(args.peers):
+        raise InputError(f"--peers file names must be distinct, got {', '.join(p.name for p in args.peers)}")
     out = build_report(args.outputs, args.out, models=_named_models(args.models), benchmark=args.benchmark,
-                       fmt=args.format, slices=args.slices, seed=args.seed, force=args.force)
+                       fmt=args.format, slices=args.slices, seed=args.seed, force=args.force, peers=peers)
     print(f"-> {out}")
 
 
@@ -465,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="estimate each voxel as the low-rank part of the measured series of a group of about GROUP "
                         f"voxels whose latent codes are alike, noise floor removed (the plain command's method; "
                         f"GROUP {DEFAULT_GROUP} if no value is given; needs --sigma or estimates it)")
+    p.add_argument("--keep-floor", action="store_true",
+                   help="keep the noise floor of magnitude data in the grouped estimate, as MP-PCA and dwidenoise "
+                        "keep it (for output to compare with theirs, or data that are not magnitudes)")
     p.add_argument("--bias-correct", action="store_true",
                    help="remove the Rician / noncentral-chi noise floor from the output (models trained on "
                         "Gaussian noise, the default); noise level from --sigma or the MP-PCA noise estimate")
@@ -500,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outputs", type=Path, nargs="+", help="outputs of `dwivae denoise` for one input")
     p.add_argument("--models", type=Path, nargs="+", default=[],
                    help="more model directories to show (e.g. latent 10, trained without KL)")
+    p.add_argument("--peers", type=Path, nargs="+", default=[],
+                   help="other denoisers' outputs of the same input (e.g. dwidenoise's), shown beside ours, "
+                        "named by file name")
     p.add_argument("--out", type=Path, required=True, help="the .html file to write")
     figure_args(p)
     p.set_defaults(run=cmd_report)

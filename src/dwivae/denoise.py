@@ -24,7 +24,7 @@ from dwivae.errors import InputError
 from dwivae.kernel import default_threads
 from dwivae.mask import median_otsu_mask
 from dwivae.noise import (SIGMA_METHODS, central_slices, check_noise_model, estimate_sigma, remove_noise_floor,
-                          sigma_from_b0, sigma_from_mppca, sigma_method)
+                          sigma_from_mppca)
 from dwivae.outputs import OutputSet, check_outputs
 from dwivae.grouping import BLOCK as GROUPING_BLOCK
 from dwivae.grouping import DEFAULT_GROUP, grouped_estimate
@@ -314,7 +314,8 @@ def learned_context_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: 
 
 
 def nonlocal_volume(data: np.ndarray, inside: np.ndarray, acq: Acquisition, model: TrainedModel, *, sigma: float,
-                    group: int = DEFAULT_GROUP, coils: int = 1, denoise_b0: bool = False, seed: int = 0) -> np.ndarray:
+                    group: int = DEFAULT_GROUP, coils: int = 1, denoise_b0: bool = False, seed: int = 0,
+                    keep_floor: bool = False) -> np.ndarray:
     """Every voxel of the mask estimated by :func:`dwivae.grouping.grouped_estimate`.
 
     The encoder's latent means, in units of their noise scale at ``sigma``
@@ -336,6 +337,8 @@ def nonlocal_volume(data: np.ndarray, inside: np.ndarray, acq: Acquisition, mode
         Replace the b0 volumes too (default: kept as measured).
     seed : int
         Seed of the grouping.
+    keep_floor : bool
+        Keep the noise floor in the estimate (the expected magnitude, as MP-PCA keeps it).
 
     Returns
     -------
@@ -350,7 +353,8 @@ def nonlocal_volume(data: np.ndarray, inside: np.ndarray, acq: Acquisition, mode
     where[inside] = valid
     code_volume = np.zeros((*inside.shape, codes.shape[1]), np.float32)
     code_volume[inside] = codes / np.float32(scale)
-    out = grouped_estimate(data, code_volume, where, sigma=sigma, coils=coils, group=group, seed=seed)
+    out = grouped_estimate(data, code_volume, where, sigma=sigma, coils=coils, group=group, seed=seed,
+                           remove_floor=not keep_floor)
     if not denoise_b0:
         out[..., acq.b0_mask] = data[..., acq.b0_mask]
     return out
@@ -391,6 +395,8 @@ def denoise(
     context: bool = True,
     threads: int | None = None,
     pooling: int | None = None,
+    seed: int = 0,
+    keep_floor: bool = False,
 ) -> np.ndarray:
     """Denoise a 4D diffusion series held in memory.
 
@@ -424,6 +430,10 @@ def denoise(
     pooling : int, optional
         Estimate each voxel as the low-rank part of a group of about this many voxels of like
         latent codes (:func:`nonlocal_volume`), noise floor removed, instead of decoding it alone.
+    seed : int
+        Seed of the grouping.
+    keep_floor : bool
+        With ``pooling``: keep the noise floor in the output, as MP-PCA does.
 
     Returns
     -------
@@ -449,7 +459,7 @@ def denoise(
         sigma = estimate_sigma(data, acq, inside)
     if pooling is not None:
         out[inside] = nonlocal_volume(data, inside, acq, model, sigma=sigma, group=pooling, coils=coils,
-                                      denoise_b0=denoise_b0)[inside]
+                                      denoise_b0=denoise_b0, seed=seed, keep_floor=keep_floor)[inside]
         return out
     codes = None
     if spatial is not None:
@@ -517,6 +527,7 @@ def denoise_file(
     threads: int | None = None,
     inputs: Iterable[str | PathLike[str]] = (),
     pooling: int | None = None,
+    keep_floor: bool = False,
 ) -> tuple[dict[str, Path], DenoiseStats]:
     """Denoise a NIfTI file slab by slab and write the denoised series and its residual.
 
@@ -534,8 +545,9 @@ def denoise_file(
         A mask file on the image's grid, ``"auto"`` for DIPY ``median_otsu`` on the mean b0, or
         None for every voxel.
     denoise_b0, uncertainty, seed, slab, batch_size, force, progress
-        Also denoise b0 volumes; number of posterior samples for the uncertainty map; its seed;
-        slices per slab; voxels per forward pass; overwrite outputs; show a progress bar.
+        Also denoise b0 volumes; number of posterior samples for the uncertainty map; the seed of
+        its samples and of the grouping; slices per slab; voxels per forward pass; overwrite
+        outputs; show a progress bar.
     provenance : dict, optional
         Extra entries for the JSON sidecar (e.g. the command line); a ``Model`` dict is merged.
     bias_correct : bool
@@ -559,6 +571,8 @@ def denoise_file(
         Estimate each voxel as the low-rank part of a group of about this many voxels of like
         latent codes, noise floor removed (:func:`nonlocal_volume`; the series is read whole, and
         held in memory with its latent codes).
+    keep_floor : bool
+        With ``pooling``: keep the noise floor in the output, as MP-PCA does.
 
     Notes
     -----
@@ -601,13 +615,9 @@ def denoise_file(
     if sigma is None and uses_sigma:
         # in the brain: background voxels have Rayleigh noise, whose spread is 0.43 sigma²
         brain = inside if mask is not None else auto_mask(img, acq)
-        method = sigma_method(acq)
-        sigma_from = SIGMA_METHODS[method]
-        if method == "b0":
-            sigma = sigma_from_b0(b0_volumes(img, acq)[brain], f"{Path(dwi).name}'s protocol")
-        else:
-            z = central_slices(brain)
-            sigma = sigma_from_mppca(np.asarray(img.dataobj[:, :, z], dtype=np.float32), brain[:, :, z])
+        sigma_from = SIGMA_METHODS["mppca"]
+        z = central_slices(brain)
+        sigma = sigma_from_mppca(np.asarray(img.dataobj[:, :, z], dtype=np.float32), brain[:, :, z])
     codes = h = None
     if spatial is not None:
         codes, h = spatial_codes(io.iter_slabs(img, slab=slab), inside, acq, model, sigma=sigma, strength=spatial,
@@ -618,7 +628,7 @@ def denoise_file(
     if pooling is not None:
         whole = np.concatenate([data for _, _, data in io.iter_slabs(img, slab=slab)], axis=2)
         pooled = nonlocal_volume(whole, inside, acq, model, sigma=sigma, group=pooling, coils=coils,
-                                 denoise_b0=denoise_b0)
+                                 denoise_b0=denoise_b0, seed=seed, keep_floor=keep_floor)
         del whole
     generator = None
     if uncertainty:
@@ -664,7 +674,8 @@ def denoise_file(
         extra = dict(provenance or {})
         sidecar = {
             "Description": ("Denoised with an autoencoder trained on simulated q-space signals"
-                            + (", low-rank over groups of voxels of like latent codes, noise floor removed" if pooling is not None
+                            + (", low-rank over groups of voxels of like latent codes"
+                               + (", noise floor kept" if keep_floor else ", noise floor removed") if pooling is not None
                                else " and a learned network over each voxel's neighbourhood" if context
                                else ", voxel by voxel")),
             "GeneratedBy": [{"Name": "dwivae", "Version": __version__}],
@@ -679,6 +690,7 @@ def denoise_file(
                          "SigmaFrom": sigma_from} if spatial is not None else None),
             "Context": ({"Radius": model.context.config.radius, "Learned": True} if context else None),
             "NonLocal": ({"GroupSize": pooling, "Block": GROUPING_BLOCK, "Passes": GROUPING_PASSES,
+                          "NoiseFloorRemoved": not keep_floor,
                           "NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils}
                          if pooling is not None else None),
             "BiasCorrection": ({"NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils} if bias_correct

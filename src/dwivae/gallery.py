@@ -163,6 +163,10 @@ def benchmark_figures(results_dir: str | PathLike[str], out_dir: str | PathLike[
         maps = results_dir / f"fa_maps_{name}.png"
         if maps.is_file():
             drawn.append(Figure(maps, f"FA maps: {name}", "FA of the clean phantom, the noisy one and each method."))
+        errors = results_dir / f"fa_errors_{name}.png"
+        if errors.is_file():
+            drawn.append(Figure(errors, f"FA errors: {name}", "Absolute FA error of the noisy phantom and of each "
+                                                             "method against the clean phantom's FA."))
     return drawn, results
 
 

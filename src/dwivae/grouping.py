@@ -68,7 +68,7 @@ def _one_pass(data: np.ndarray, codes: np.ndarray, voxels: np.ndarray, *, sigma:
 
 
 def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, sigma: float, coils: int = 1,
-                     group: int = DEFAULT_GROUP, seed: int = 0) -> np.ndarray:
+                     group: int = DEFAULT_GROUP, seed: int = 0, remove_floor: bool = True) -> np.ndarray:
     """The grouped low-rank estimate of every valid voxel (see the module's description).
 
     Parameters
@@ -87,11 +87,14 @@ def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, 
         Voxels per group.
     seed : int
         Seed of the k-means initialisation.
+    remove_floor : bool
+        Remove the noise floor from the estimate (False keeps the expected magnitude, as the
+        peers do).
 
     Returns
     -------
     (X, Y, Z, N) ndarray, float32
-        The estimate, noise floor removed, in valid voxels; ``data`` elsewhere.
+        The estimate in valid voxels; ``data`` elsewhere.
     """
     out = np.array(data, dtype=np.float32, copy=True)
     voxels = np.argwhere(valid)
@@ -104,5 +107,5 @@ def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, 
         total += _one_pass(out, flat, voxels, sigma=sigma, group=group,
                            offset=step * BLOCK // PASSES, rng=rng)
     expected = np.maximum(total / PASSES, 0.0)
-    out[tuple(voxels.T)] = remove_noise_floor(expected, sigma, coils=coils)
+    out[tuple(voxels.T)] = remove_noise_floor(expected, sigma, coils=coils) if remove_floor else expected
     return out

@@ -21,6 +21,7 @@ import numpy as np
 
 from dwivae import io
 from dwivae._version import __version__
+from dwivae.errors import InputError
 from dwivae.checkpoint import load_model
 from dwivae.gallery import Figure, check_format, draw_figures, load_outputs
 
@@ -119,7 +120,8 @@ def _benchmark_tables(results: Mapping) -> list[tuple[str, list[str], list[list[
 def build_report(outputs: Sequence[str | PathLike[str]], out: str | PathLike[str], *,
                  models: Mapping[str, str | PathLike[str]] | None = None,
                  benchmark: str | PathLike[str] | None = None, fmt: str = "png",
-                 slices: tuple[int, int] | None = None, seed: int = 0, force: bool = False) -> Path:
+                 slices: tuple[int, int] | None = None, seed: int = 0, force: bool = False,
+                 peers: Mapping[str, str | PathLike[str]] | None = None) -> Path:
     """Write the HTML report of one or more denoised outputs of the same input.
 
     Parameters
@@ -139,6 +141,9 @@ def build_report(outputs: Sequence[str | PathLike[str]], out: str | PathLike[str
         Fixes the simulated examples.
     force : bool
         Replace an existing report.
+    peers : mapping of str to path, optional
+        Other denoisers' outputs of the same input (NIfTI on its grid, e.g. ``dwidenoise``'s), by
+        name, drawn and measured beside ours.
 
     Returns
     -------
@@ -147,6 +152,13 @@ def build_report(outputs: Sequence[str | PathLike[str]], out: str | PathLike[str
     check_format(fmt)
     out = io.check_output(out, force=force)
     data = load_outputs(outputs)
+    for name, path in (peers or {}).items():
+        img = io.load_dwi(path)
+        if img.shape != data.noisy.shape or not np.allclose(img.affine, io.load_dwi(data.source).affine,
+                                                            atol=io.AFFINE_TOLERANCE):
+            raise InputError(f"{path} is not on the grid of {data.source}: give another denoiser's output of that "
+                             "input")
+        data.denoised[name] = np.asarray(img.dataobj, dtype=np.float32)
     extra = {name: load_model(path) for name, path in (models or {}).items()}
     with tempfile.TemporaryDirectory(prefix="dwivae-report-") as tmp:
         drawn, numbers = draw_figures(tmp, outputs=data, models=extra, benchmark=benchmark, fmt=fmt,
