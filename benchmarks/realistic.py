@@ -74,12 +74,12 @@ def benchmark(path: Path, cache: Path, tmp: Path) -> dict:
 def markdown(name: str, scores: dict) -> str:
     """One table: a row per method, all tissue, and where it is worse than the noisy input."""
     kurtosis = "mk_mae" in scores["noisy"]
-    head = ("| method | RMSE | FA error | MD error (1e-6 mm²/s) | CSF MD bias | WM FA error | "
+    head = ("| method | RMSE | FA error | MD error (1e-6 mm²/s) | CSF MD bias | WM FA error | WM angle (deg) | "
             + ("MK error | " if kurtosis else "") + "seconds | worse than noisy |")
     lines = [f"**{name}**", "", head, "|" + "---|" * (head.count("|") - 1)]
     for method, s in scores.items():
         lines.append(f"| {method} | {s['rmse']['all']:.2f} | {s['fa_mae']['all']:.4f} | {s['md_mae']['all'] * 1e6:.1f} | "
-                     f"{s['md_bias']['CSF'] * 1e6:+.1f} | {s['fa_mae']['WM']:.4f} | "
+                     f"{s['md_bias']['CSF'] * 1e6:+.1f} | {s['fa_mae']['WM']:.4f} | {s['angle_wm_deg']:.2f} | "
                      + (f"{s['mk_mae']['all']:.3f} | " if kurtosis else "")
                      + f"{s['seconds']:.1f} | {', '.join(s['worse_than_noisy']) or 'none'} |")
     return "\n".join(lines)

@@ -129,7 +129,7 @@ def test_figures_of_a_benchmark(benchmark_dir, tmp_path, capsys):
     out = tmp_path / "figs"
     assert main(["figures", "--benchmark", str(benchmark_dir), "--format", "svg", "--out", str(out)]) == 0
     files = [entry["file"] for entry in json.loads((out / "figures.json").read_text())["figures"]]
-    assert files == ["benchmark_ph.svg", "fa_maps_ph.png"]
+    assert files == ["benchmark_ph.svg", "fa_maps_ph.png", "fa_errors_ph.png"]
     assert all((out / f).stat().st_size > 5_000 for f in files)
     assert main(["figures", "--benchmark", str(tmp_path), "--out", str(tmp_path / "g")]) == 2
     assert "no results.json" in capsys.readouterr().err
