@@ -26,7 +26,7 @@ from dwivae.report import build_report
 
 SAMPLE = "small_64D"
 """DIPY's bundled in-vivo sample: 10 x 10 x 10 voxels, 1 b0 + 64 directions at b=1000."""
-PHANTOM_SHAPE = (24, 24, 10)
+PHANTOM_SHAPE = (28, 28, 12)
 """Voxels of the demo's phantom: small enough for DIPY's mppca to take seconds, not minutes."""
 PEERS = ("mppca", "dwidenoise")
 
