@@ -1,4 +1,4 @@
-"""The plain `dwivae denoise` against DIPY mppca and MRtrix3 dwidenoise on realistic phantoms.
+"""The plain `dwivae denoise` against DIPY mppca, MRtrix3 dwidenoise and DIPY Patch2Self on realistic phantoms.
 
 Each phantom directory (``dwivae phantom --tissue realistic``) is denoised by every method in the
 same run, all in the phantom's head mask: ours as a user runs it (``dwivae denoise dwi.nii.gz
@@ -26,7 +26,7 @@ from dwivae.baselines import run_method
 from dwivae.benchmark import dti_fit, has_kurtosis, load_phantom, mean_kurtosis, score
 
 METRICS = ("rmse", "fa_mae", "md_mae", "mk_mae")
-PEERS = ("mppca", "dwidenoise")
+PEERS = ("mppca", "dwidenoise", "patch2self")
 
 
 def _plain_dwivae(phantom: Path, coils: int, tmp: Path) -> tuple[np.ndarray, float]:
