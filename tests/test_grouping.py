@@ -10,7 +10,8 @@ from conftest import TINY_TRAINING
 from dwivae.acquisition import seed32
 from dwivae.benchmark import dti_fit
 from dwivae.denoise import denoise
-from dwivae.grouping import grouped_estimate, project_group
+from dwivae.grouping import grouped_estimate, project_group, remove_floor_by_shell
+from dwivae.noise import noncentral_chi_mean, remove_noise_floor
 from dwivae.phantom import make_realistic_phantom
 from dwivae.simulate import add_noncentral_chi_noise, tensor_signals
 from dwivae.training import train
@@ -45,6 +46,21 @@ def test_the_noise_floor_is_removed(coils):
     assert abs(out.mean() - 60) < 6
     kept = grouped_estimate(noisy, codes, np.ones(SHAPE, bool), sigma=50.0, coils=coils, remove_floor=False)
     assert abs(kept.mean() / noisy.mean() - 1) < 0.05  # the expected magnitude, as MP-PCA keeps it
+
+
+def test_a_shell_near_the_floor_keeps_its_directions_in_proportion():
+    """Below the floor the differences between directions are noise: one factor, no anisotropy made."""
+    jitter = np.random.default_rng(7).uniform(0.95, 1.05, 30)
+    shells = np.r_[0, 0, np.ones(30, int)]
+    for nu, common in ((0.8, True), (10.0, False)):  # shell signal in units of sigma
+        expected = np.r_[20.0, 20.0, noncentral_chi_mean(np.float64(nu)) * jitter][None] * 5.0  # sigma 5
+        out = remove_floor_by_shell(expected, 5.0, shells)
+        ratio = out[0, 2:] / expected[0, 2:]
+        if common:
+            np.testing.assert_allclose(ratio, ratio[0], rtol=1e-6)  # the input's direction contrast, no more
+            assert ratio[0] < 0.9  # the floor still comes off
+        else:
+            np.testing.assert_allclose(out, remove_noise_floor(expected, 5.0), rtol=1e-6)
 
 
 def test_voxels_whose_codes_differ_are_not_mixed():

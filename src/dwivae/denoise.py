@@ -354,7 +354,7 @@ def nonlocal_volume(data: np.ndarray, inside: np.ndarray, acq: Acquisition, mode
     code_volume = np.zeros((*inside.shape, codes.shape[1]), np.float32)
     code_volume[inside] = codes / np.float32(scale)
     out = grouped_estimate(data, code_volume, where, sigma=sigma, coils=coils, group=group, seed=seed,
-                           remove_floor=not keep_floor)
+                           remove_floor=not keep_floor, shells=acq.shell_labels())
     if not denoise_b0:
         out[..., acq.b0_mask] = data[..., acq.b0_mask]
     return out

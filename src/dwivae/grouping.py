@@ -13,6 +13,10 @@ Several passes with shifted blocks are averaged, as MP-PCA averages overlapping 
 
 The projection estimates the expected magnitude, which keeps the noise floor; it is removed
 last (:func:`dwivae.noise.remove_noise_floor`, Rician or noncentral chi), which the peers do not.
+Direction by direction only where a shell's signal stands clear of the floor: where it does not,
+the differences between its directions are noise, and inverting each of them alone would turn
+them into anisotropy, so the shell's volumes share one correction factor there
+(:func:`remove_floor_by_shell`).
 """
 from __future__ import annotations
 
@@ -29,6 +33,29 @@ PASSES = 8
 """Passes with the block grid shifted by ``BLOCK / PASSES`` along every axis, averaged."""
 MIN_GROUP = 8
 """Groups with fewer voxels keep their measured signals."""
+IDENTIFIABLE = (1.0, 3.0)
+"""A shell's mean signal (nu / sigma) up to which its floor is removed as one factor, and from
+which direction by direction; between them the two are blended linearly."""
+
+
+def remove_floor_by_shell(expected: np.ndarray, sigma: float, shells: np.ndarray, *, coils: int = 1) -> np.ndarray:
+    """The noise floor removed from expected magnitudes (M, N), shell by shell (``shells``: (N,) labels).
+
+    Per voxel and shell: each volume inverted on its own where the shell's mean signal is
+    identifiable (nu >= 3 sigma), one factor ``nu(mean) / mean`` for all its volumes where it is
+    not (nu <= sigma), blended in between (:data:`IDENTIFIABLE`).
+    """
+    per_volume = remove_noise_floor(expected, sigma, coils=coils)
+    out = np.empty_like(per_volume)
+    low, high = IDENTIFIABLE
+    for shell in np.unique(shells):
+        sel = shells == shell
+        mean = expected[:, sel].mean(axis=1, keepdims=True)
+        nu = remove_noise_floor(mean, sigma, coils=coils)
+        common = expected[:, sel] * np.divide(nu, mean, out=np.zeros_like(mean), where=mean > 0)
+        weight = np.clip((nu / sigma - low) / (high - low), 0.0, 1.0)
+        out[:, sel] = weight * per_volume[:, sel] + (1 - weight) * common
+    return out
 
 
 def project_group(signals: np.ndarray, sigma: float) -> np.ndarray:
@@ -68,7 +95,8 @@ def _one_pass(data: np.ndarray, codes: np.ndarray, voxels: np.ndarray, *, sigma:
 
 
 def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, sigma: float, coils: int = 1,
-                     group: int = DEFAULT_GROUP, seed: int = 0, remove_floor: bool = True) -> np.ndarray:
+                     group: int = DEFAULT_GROUP, seed: int = 0, remove_floor: bool = True,
+                     shells: np.ndarray | None = None) -> np.ndarray:
     """The grouped low-rank estimate of every valid voxel (see the module's description).
 
     Parameters
@@ -90,6 +118,9 @@ def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, 
     remove_floor : bool
         Remove the noise floor from the estimate (False keeps the expected magnitude, as the
         peers do).
+    shells : (N,) int ndarray, optional
+        Shell label of every volume (:meth:`dwivae.acquisition.Acquisition.shell_labels`) for
+        :func:`remove_floor_by_shell`; default: one shell.
 
     Returns
     -------
@@ -107,5 +138,8 @@ def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, 
         total += _one_pass(out, flat, voxels, sigma=sigma, group=group,
                            offset=step * BLOCK // PASSES, rng=rng)
     expected = np.maximum(total / PASSES, 0.0)
-    out[tuple(voxels.T)] = remove_noise_floor(expected, sigma, coils=coils) if remove_floor else expected
+    if remove_floor:
+        shells = np.zeros(data.shape[-1], int) if shells is None else np.asarray(shells)
+        expected = remove_floor_by_shell(expected, sigma, shells, coils=coils)
+    out[tuple(voxels.T)] = expected
     return out
