@@ -74,7 +74,8 @@ def _ours(data: np.ndarray, acq: Acquisition, mask: np.ndarray, model: TrainedMo
 def _plain(data: np.ndarray, acq: Acquisition, mask: np.ndarray, coils: int) -> tuple[np.ndarray, str]:
     from dwivae.grouping import DEFAULT_GROUP
     from dwivae.plain import plain_denoise
-    return plain_denoise(data, acq, mask, coils=coils), f"plain dwivae denoise (groups of {DEFAULT_GROUP}, {coils} coil(s))"
+    note = f"plain dwivae denoise (groups of {DEFAULT_GROUP}, {coils} coil(s))"
+    return plain_denoise(data, acq, mask, coils=coils), note
 
 
 def _mppca(data: np.ndarray, acq: Acquisition, mask: np.ndarray, threads: int) -> tuple[np.ndarray, str]:

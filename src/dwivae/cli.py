@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "close the neighbours' codes are (edge-aware; strength 2 if no value is given)")
     p.add_argument("--nonlocal", dest="nonlocal_", type=GROUP, nargs="?", const=DEFAULT_GROUP, metavar="GROUP",
                    help="estimate each voxel as the low-rank part of the measured series of a group of about GROUP "
-                        f"voxels whose latent codes are alike, noise floor removed (the plain command's method; "
+                        "voxels whose latent codes are alike, noise floor removed (the plain command's method; "
                         f"GROUP {DEFAULT_GROUP} if no value is given; needs --sigma or estimates it)")
     p.add_argument("--keep-floor", action="store_true",
                    help="keep the noise floor of magnitude data in the grouped estimate, as MP-PCA and dwidenoise "
@@ -473,8 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=POSITIVE, help="noise standard deviation per channel, for --nonlocal, --bias-correct "
                    "and --spatial (scanner units; default: the Marchenko-Pastur estimate of MP-PCA in the mask)")
     p.add_argument("--coils", type=COUNT, default=1,
-                   help="receive coils combined by root sum of squares, for --bias-correct and --spatial "
-                        "(1: Rician)")
+                   help="receive coils combined by root sum of squares, for the plain command, --nonlocal, "
+                        "--bias-correct and --spatial (1: Rician)")
     p.add_argument("--uncertainty", type=_number(int, 0), default=0, metavar="K",
                    help="write _uncertainty: the standard deviation over K posterior samples (VAE only)")
     p.add_argument("--threads", type=COUNT, default=1,

@@ -67,8 +67,9 @@ def run_demo(out: str | PathLike[str], *, seed: int = 0, force: bool = False, lo
                                                                      "noise": "rician", "coils": 1, "seed": seed},
                             force=True)
     paths["phantom"] = written["json"].parent
+    (out / "benchmark").mkdir(exist_ok=True)
     results = run_benchmark([paths["phantom"]], methods=("dwivae", *PEERS), seed=seed, log=log,
-                            fa_maps=_empty(out / "benchmark"), threads=2)
+                            fa_maps=out / "benchmark", threads=2)
     results["command"] = f"dwivae demo (seed {seed})"
     paths |= {f"benchmark_{k}": p for k, p in write_results(results, out / "benchmark", force=True).items()}
 
@@ -95,8 +96,3 @@ def run_demo(out: str | PathLike[str], *, seed: int = 0, force: bool = False, lo
                                    peers=peers, seed=seed, force=True)
     log(f"report: {paths['report']}")
     return paths
-
-
-def _empty(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

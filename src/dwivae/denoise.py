@@ -21,14 +21,13 @@ from dwivae._version import __version__
 from dwivae.acquisition import Acquisition, b0_means, normalise_by_b0
 from dwivae.checkpoint import model_fingerprint
 from dwivae.errors import InputError
-from dwivae.kernel import default_threads
-from dwivae.mask import median_otsu_mask
-from dwivae.noise import (SIGMA_METHODS, central_slices, check_noise_model, estimate_sigma, remove_noise_floor,
-                          sigma_from_mppca)
-from dwivae.outputs import OutputSet, check_outputs
 from dwivae.grouping import BLOCK as GROUPING_BLOCK
 from dwivae.grouping import DEFAULT_GROUP, grouped_estimate
 from dwivae.grouping import PASSES as GROUPING_PASSES
+from dwivae.kernel import default_threads
+from dwivae.mask import median_otsu_mask
+from dwivae.noise import SIGMA_METHODS, check_noise_model, estimate_sigma, remove_noise_floor
+from dwivae.outputs import OutputSet, check_outputs
 from dwivae.simulate import add_noncentral_chi_noise
 from dwivae.spatial import smooth_codes
 
@@ -616,8 +615,7 @@ def denoise_file(
         # in the brain: background voxels have Rayleigh noise, whose spread is 0.43 sigma²
         brain = inside if mask is not None else auto_mask(img, acq)
         sigma_from = SIGMA_METHODS["mppca"]
-        z = central_slices(brain)
-        sigma = sigma_from_mppca(np.asarray(img.dataobj[:, :, z], dtype=np.float32), brain[:, :, z])
+        sigma = estimate_sigma(img.dataobj, acq, brain)  # reads only the central slices it uses
     codes = h = None
     if spatial is not None:
         codes, h = spatial_codes(io.iter_slabs(img, slab=slab), inside, acq, model, sigma=sigma, strength=spatial,

@@ -46,6 +46,7 @@ def estimate_sigma(data: np.ndarray, acq: Acquisition, mask: np.ndarray, *, meth
     Parameters
     ----------
     data : (X, Y, Z, N) ndarray
+        Or, for ``mppca``, a nibabel array proxy (``img.dataobj``): only the slices it uses are read.
     acq : Acquisition
     mask : (X, Y, Z) bool ndarray
         Voxels to pool (e.g. the brain).
