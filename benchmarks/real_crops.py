@@ -1,7 +1,8 @@
 """Real brain crops: a guard against bias where there is no truth.
 
 For DIPY's ``small_64D`` and MRtrix3's crops in ../shared/data: the mean FA and MD in the mask
-after the plain ``dwivae denoise`` (and with ``--keep-floor``) against DIPY mppca's and dwidenoise's
+after the plain ``dwivae denoise`` (and with ``--keep-floor``), and of the MP-PCA reference with the
+noise floor removed as ours removes it (:func:`dwivae.grouping.remove_floor_by_shell`), against DIPY mppca's and dwidenoise's
 (the issue's guard: within 3 % of MP-PCA's; dwidenoise is the MP-PCA reference where DIPY's output
 is broken, as on crops too small for its patches), the residual's mean over the diffusion-weighted volumes in units of sigma, and
 the correlation of the residual's RMS map with the mean b0 (a denoiser that removes only noise
@@ -23,6 +24,7 @@ from dwivae.acquisition import load_acquisition
 from dwivae.baselines import run_method
 from dwivae.benchmark import dti_fit
 from dwivae.denoise import auto_mask
+from dwivae.grouping import remove_floor_by_shell
 from dwivae.noise import estimate_sigma
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -59,6 +61,13 @@ def main() -> None:
             mean_b0 = data[..., acq.b0_mask].mean(axis=-1)
             outputs = {m: (r.denoised, r.seconds) for m in ("noisy", "mppca", "dwidenoise")
                        if (r := run_method(m, data, acq, mask=mask, threads=2)).status == "ok"}
+            reference = "mppca" if "mppca" in outputs else "dwidenoise"
+            if reference in outputs:  # the peer's estimate with the noise floor taken off as ours is
+                peer, dw = outputs[reference][0].copy(), ~acq.b0_mask
+                weighted = peer[..., dw]
+                weighted[mask] = remove_floor_by_shell(weighted[mask], sigma, acq.shell_labels()[dw])
+                peer[..., dw] = weighted
+                outputs[f"{reference} + floor removed"] = (peer, outputs[reference][1])
             outputs["dwivae"] = _plain(image, bval, bvec, Path(tmp))
             outputs["dwivae --keep-floor"] = _plain(image, bval, bvec, Path(tmp), "--keep-floor")
             for method, (out, seconds) in outputs.items():

@@ -129,6 +129,7 @@ def test_denoise_finds_bids_gradients_and_trains_on_the_fly(tmp_path, capsys):
     assert len(cached) == 1 and (cached[0] / "model.json").exists() and "-rician1-snr" in cached[0].name
     sidecar = json.loads((tmp_path / "d.json").read_text())
     assert sidecar["NonLocal"]["GroupSize"] == DEFAULT_GROUP and sidecar["NonLocal"]["NoiseFloorRemoved"] is True
+    assert sidecar["NonLocal"]["NoiseFloorInData"] is True  # a real magnitude scan: its floor is there to take off
     assert sidecar["Model"]["path"] == str(cached[0].resolve())
     sigma_map = np.asarray(nib.load(tmp_path / "d_sigma.nii.gz").dataobj)
     assert sigma_map.shape == img.shape[:3] and np.allclose(sigma_map[sigma_map > 0], sidecar["NonLocal"]["NoiseSigma"])

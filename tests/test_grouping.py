@@ -114,6 +114,18 @@ def test_pure_water_gains_no_anisotropy(matched_vae):
     assert abs(md_out / md_clean - 1) < 0.03
 
 
+def test_data_without_a_floor_keep_it(matched_vae):
+    """Real-valued data (phase-corrected, Gaussian noise) hold no floor: nothing is taken off."""
+    acq = seed32()
+    clean = tensor_signals(np.tile([[1.5e-3, 0.5e-3, 0.5e-3, 0, 0, 0]], (np.prod(SHAPE), 1)), acq,
+                           S0=300.0).reshape(*SHAPE, -1)
+    real = (clean + np.random.default_rng(9).normal(0, 40.0, clean.shape)).astype(np.float32)
+    mask = np.ones(SHAPE, bool)
+    auto, kept = (denoise(real, acq, matched_vae, mask=mask, pooling=150, sigma=40.0, keep_floor=keep)
+                  for keep in (False, True))
+    np.testing.assert_array_equal(auto, kept)
+
+
 def test_a_realistic_phantom_gains_on_fa_md_and_rmse(matched_vae):
     """Multi-compartment tissue with partial volume, Rician SNR 20: better than the noisy series."""
     acq = seed32()

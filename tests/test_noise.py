@@ -8,7 +8,7 @@ from conftest import real_sample
 from dwivae.acquisition import load_acquisition
 
 from dwivae.errors import InputError
-from dwivae.noise import (estimate_sigma, marchenko_pastur_variance, noncentral_chi_mean, remove_noise_floor,
+from dwivae.noise import (estimate_sigma, floor_in_data, marchenko_pastur_variance, noncentral_chi_mean, remove_noise_floor,
                           sigma_method, snr_range)
 from dwivae.phantom import make_phantom
 
@@ -103,3 +103,13 @@ def test_noise_floor_removal_edges():
         remove_noise_floor(np.ones(3), 0.0)
     with pytest.raises(InputError, match="at least 1"):
         remove_noise_floor(np.ones(3), 1.0, coils=0)
+
+
+@pytest.mark.parametrize("volumes", [6, 30, 64])
+def test_the_floor_is_seen_in_magnitudes_and_not_in_real_valued_data_or_at_a_wrong_sigma(volumes):
+    rng = np.random.default_rng(8)
+    nu = rng.uniform(0, 3, (4000, 1))  # many voxels at the floor, as CSF at high b
+    magnitude = np.hypot(nu + rng.normal(size=(4000, volumes)), rng.normal(size=(4000, volumes)))
+    assert floor_in_data(magnitude, 1.0)
+    assert not floor_in_data(nu + rng.normal(size=(4000, volumes)), 1.0)  # real-valued: negative values
+    assert not floor_in_data(magnitude, 2.5)  # a sigma read far too high: the data lie below its floor

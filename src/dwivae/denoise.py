@@ -26,7 +26,7 @@ from dwivae.grouping import DEFAULT_GROUP, grouped_estimate
 from dwivae.grouping import PASSES as GROUPING_PASSES
 from dwivae.kernel import default_threads
 from dwivae.mask import median_otsu_mask
-from dwivae.noise import SIGMA_METHODS, check_noise_model, estimate_sigma, remove_noise_floor
+from dwivae.noise import SIGMA_METHODS, check_noise_model, estimate_sigma, floor_in_data, remove_noise_floor
 from dwivae.outputs import OutputSet, check_outputs
 from dwivae.simulate import add_noncentral_chi_noise
 from dwivae.spatial import smooth_codes
@@ -52,12 +52,15 @@ class DenoiseStats:
     non_finite: int = 0
     seconds: float = 0.0
     engine: str = "torch"
+    floor_in_data: bool = True
 
     def line(self) -> str:
         """One log line for the user."""
         return (f"denoised {self.denoised} voxels, left {self.skipped} with S0 <= 0 or non-finite values "
                 f"and {self.outside_mask} outside the mask unchanged ({self.non_finite} voxels of the image hold "
-                f"non-finite values), in {self.seconds:.2f} s ({self.engine} forward pass)")
+                f"non-finite values), in {self.seconds:.2f} s ({self.engine} forward pass)"
+                + ("" if self.floor_in_data else "; the diffusion-weighted signal shows no noise floor at this sigma "
+                   "(negative values, or voxels below the floor): it was kept, not removed"))
 
 
 def check_protocol(model: Model, acq: Acquisition, *, model_name: str = "the model") -> None:
@@ -432,7 +435,8 @@ def denoise(
     seed : int
         Seed of the grouping.
     keep_floor : bool
-        With ``pooling``: keep the noise floor in the output, as MP-PCA does.
+        With ``pooling``: keep the noise floor in the output, as MP-PCA does. It is kept in any case
+        where the data show no floor at ``sigma`` (:func:`dwivae.noise.floor_in_data`).
 
     Returns
     -------
@@ -457,6 +461,7 @@ def denoise(
     if sigma is None and (bias_correct or spatial is not None or pooling is not None):
         sigma = estimate_sigma(data, acq, inside)
     if pooling is not None:
+        keep_floor = keep_floor or not floor_in_data(data[inside][:, ~acq.b0_mask], sigma, coils=coils)
         out[inside] = nonlocal_volume(data, inside, acq, model, sigma=sigma, group=pooling, coils=coils,
                                       denoise_b0=denoise_b0, seed=seed, keep_floor=keep_floor)[inside]
         return out
@@ -571,7 +576,8 @@ def denoise_file(
         latent codes, noise floor removed (:func:`nonlocal_volume`; the series is read whole, and
         held in memory with its latent codes).
     keep_floor : bool
-        With ``pooling``: keep the noise floor in the output, as MP-PCA does.
+        With ``pooling``: keep the noise floor in the output, as MP-PCA does. It is kept in any case
+        where the data show no floor at ``sigma`` (:func:`dwivae.noise.floor_in_data`).
 
     Notes
     -----
@@ -622,9 +628,11 @@ def denoise_file(
                                  coils=coils)
     elif context:
         codes = learned_context_codes(io.iter_slabs(img, slab=slab), inside, acq, model)
-    pooled = None
+    pooled, floor_seen = None, True
     if pooling is not None:
         whole = np.concatenate([data for _, _, data in io.iter_slabs(img, slab=slab)], axis=2)
+        floor_seen = floor_in_data(whole[inside][:, ~acq.b0_mask], sigma, coils=coils)
+        keep_floor = keep_floor or not floor_seen
         pooled = nonlocal_volume(whole, inside, acq, model, sigma=sigma, group=pooling, coils=coils,
                                  denoise_b0=denoise_b0, seed=seed, keep_floor=keep_floor)
         del whole
@@ -634,7 +642,8 @@ def denoise_file(
 
         generator = torch.Generator().manual_seed(seed)
     stats = DenoiseStats(outside_mask=int((~inside).sum()),
-                         engine="torch" if pooled is not None or model.compiled() is None else "compiled")
+                         engine="torch" if pooled is not None or model.compiled() is None else "compiled",
+                         floor_in_data=floor_seen)
     any_signal = False
     with OutputSet(paths, force=force) as staged, ExitStack() as stack:
         writers = {name: stack.enter_context(io.NiftiWriter(path, img.shape[:3] if name == "sigma" else img.shape,
@@ -688,7 +697,7 @@ def denoise_file(
                          "SigmaFrom": sigma_from} if spatial is not None else None),
             "Context": ({"Radius": model.context.config.radius, "Learned": True} if context else None),
             "NonLocal": ({"GroupSize": pooling, "Block": GROUPING_BLOCK, "Passes": GROUPING_PASSES,
-                          "NoiseFloorRemoved": not keep_floor,
+                          "NoiseFloorRemoved": not keep_floor, "NoiseFloorInData": floor_seen,
                           "NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils}
                          if pooling is not None else None),
             "BiasCorrection": ({"NoiseSigma": sigma, "SigmaFrom": sigma_from, "Coils": coils} if bias_correct

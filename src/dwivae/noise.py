@@ -184,6 +184,25 @@ def check_noise_model(sigma: float | None, coils: int) -> None:
         raise InputError(f"the number of coils must be at least 1, got {coils}")
 
 
+def floor_in_data(weighted: np.ndarray, sigma: float, *, coils: int = 1) -> bool:
+    """Whether diffusion-weighted magnitudes (M, N) show the noise floor that ``sigma`` implies.
+
+    A magnitude never falls below its floor: a voxel's mean over N volumes stays above
+    ``E[M | nu = 0]`` less three of its standard errors. Data with negative values (real-valued,
+    phase-corrected), or whose lowest voxels (1st percentile) lie below that (a floor taken off
+    before, or a sigma read too high), have no floor to remove at this sigma.
+    """
+    weighted = np.asarray(weighted, dtype=np.float64)
+    finite = weighted[np.isfinite(weighted).all(axis=1)]
+    if len(finite) == 0 or finite.shape[1] == 0:
+        return False
+    if (finite < 0).any():
+        return False
+    floor = float(noncentral_chi_mean(np.float64(0.0), coils))
+    spread = np.sqrt(max(2 * coils - floor ** 2, 0.0) / finite.shape[1])
+    return bool(np.percentile(finite.mean(axis=1), 1) / sigma >= floor - 3 * spread)
+
+
 def remove_noise_floor(signal: np.ndarray, sigma: float, *, coils: int = 1) -> np.ndarray:
     """The true signal nu whose expected magnitude is ``signal`` (the noise floor removed).
 
