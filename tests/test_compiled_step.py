@@ -1,4 +1,4 @@
-"""The compiled training step against the autograd step, as the fused step is tested."""
+"""The compiled training step against the autograd step."""
 from __future__ import annotations
 
 import copy
@@ -9,38 +9,83 @@ import torch
 from scipy import stats
 
 from dwivae import kernel
-from dwivae.compiled_step import CompiledStep, shuffled_rows, standard_normals
-from dwivae.fused import UnsupportedNetwork
+from dwivae.compiled_step import CompiledStep, UnsupportedNetwork, shuffled_rows, standard_normals
 from dwivae.models import ModelConfig, build_model
 from dwivae.training import AutogradStep
-from test_fused import _assert_same_weights, _batches, _pair, _run_both
 from test_kernel import needs_compiler
 
 pytestmark = needs_compiler
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The reference AutogradStep on 1 thread: 2 OpenMP threads on a busy 2-core machine are
+    pathologically slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _batches(arch: str, n_steps: int, batch: int, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_steps):
+        y = torch.rand(batch, 32, generator=g)
+        x = (y + 0.2 * torch.randn(batch, 32, generator=g)).clamp_(min=0.0)
+        eps = torch.randn(batch, 7, generator=g) if arch == "vae" else None
+        out.append((x, y, eps))
+    return out
+
+
+def _pair(arch: str, activation: str = "elu", seed: int = 1):
+    torch.manual_seed(seed)
+    net = build_model(ModelConfig(arch=arch, activation=activation))
+    return net, copy.deepcopy(net)
+
+
+def _run_both(arch, loss, beta, activation="elu", n_steps=5, batch=600, lr=1e-3, step=CompiledStep, **kwargs):
+    """Train copies of one network with AutogradStep and ``step`` on the same batches; check that
+    the losses agree at every step and return both networks."""
+    ref, net = _pair(arch, activation)
+    auto = AutogradStep(ref, lr=lr, loss=loss)
+    compiled = step(net, lr=lr, loss=loss, **kwargs)
+    for x, y, eps in _batches(arch, n_steps, batch):
+        rec_a, kl_a = auto(x, y, eps, beta)
+        rec_f, kl_f = compiled(x, y, eps, beta)
+        assert rec_f.shape == () and kl_f.shape == ()
+        torch.testing.assert_close(rec_f, rec_a, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(kl_f, kl_a, rtol=1e-5, atol=1e-6)
+    return ref, net
+
+
+def _assert_same_weights(ref, net, atol=1e-5):
+    for (name, a), b in zip(ref.named_parameters(), net.parameters()):
+        torch.testing.assert_close(b, a, rtol=0, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("arch, beta", [("vae", 0.01), ("vae", 0.0), ("dae", 0.0)])
 @pytest.mark.parametrize("loss", ["huber", "mse", "l1"])
 def test_matches_autograd_step(arch, beta, loss):
-    ref, net = _run_both(arch, loss, beta, step=CompiledStep)
+    ref, net = _run_both(arch, loss, beta)
     _assert_same_weights(ref, net)
 
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
 def test_matches_autograd_step_for_each_activation(activation):
-    ref, net = _run_both("vae", "huber", 0.01, activation=activation, step=CompiledStep)
+    ref, net = _run_both("vae", "huber", 0.01, activation=activation)
     _assert_same_weights(ref, net)
 
 
 @pytest.mark.parametrize("batch", [1, 31, 33, 1100])
 def test_partial_tiles_and_lanes_give_the_full_batch_gradient(batch):
     # batches that are not a multiple of the kernel's 32-sample tile, split over two lanes
-    ref, net = _run_both("vae", "huber", 0.01, n_steps=2, batch=batch, lanes=2, step=CompiledStep)
+    ref, net = _run_both("vae", "huber", 0.01, n_steps=2, batch=batch, lanes=2)
     _assert_same_weights(ref, net)
 
 
 def test_vae_without_eps_decodes_the_mean():
-    ref, net = _run_both("vae", "huber", 0.01, n_steps=1, step=CompiledStep)
+    ref, net = _run_both("vae", "huber", 0.01, n_steps=1)
     auto_net, comp_net = copy.deepcopy(ref), copy.deepcopy(net)
     x, y, _ = _batches("vae", 1, 200)[0]
     rec_a, kl_a = AutogradStep(auto_net, lr=1e-3, loss="huber")(x, y, None, 0.01)
@@ -66,7 +111,7 @@ def test_refuses_what_it_does_not_implement(monkeypatch):
     odd = build_model(ModelConfig())
     for module in odd.modules():
         if isinstance(module, torch.nn.ELU):
-            module.alpha = 0.5  # an ELU the kernel does not compute (FusedStep does)
+            module.alpha = 0.5  # an ELU the kernel does not compute
     with pytest.raises(UnsupportedNetwork, match="does not implement"):
         CompiledStep(odd, lr=1e-3, loss="huber")
     monkeypatch.setenv("DWIVAE_KERNEL", "torch")
@@ -159,3 +204,48 @@ def test_steps_refuse_rows_out_of_range():
         step.steps(x, x, batch=50, n_steps=2, beta=0.0, shuffle=1, first_sample=1)
     with pytest.raises(ValueError, match="must be copies of y's 30 rows"):
         step.steps(x, x[:30], batch=50, n_steps=2, beta=0.0)
+
+
+def test_network_is_trained_in_place():
+    net, _ = _pair("vae")
+    params = list(net.parameters())
+    step = CompiledStep(net, lr=1e-2, loss="mse")
+    before = [p.detach().clone() for p in params]
+    x, y, eps = _batches("vae", 1, 64)[0]
+    step(x, y, eps, 0.0)
+    assert list(net.parameters()) == params  # same Parameter objects, new values
+    assert all(not torch.equal(p, b) for p, b in zip(params, before))
+    assert all(p.requires_grad and p.is_contiguous() for p in params)
+    # the parameters share the step's flat buffer, and changes to them reach the step
+    assert all(p.untyped_storage().data_ptr() == step.flat.untyped_storage().data_ptr() for p in params)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(state)
+    assert net.mu.bias.untyped_storage().data_ptr() == step.flat.untyped_storage().data_ptr()
+
+
+def test_other_latent_and_protocol_sizes_and_a_changing_learning_rate():
+    torch.manual_seed(0)
+    ref = build_model(ModelConfig(arch="vae", n_inputs=20, latent=10))
+    net = copy.deepcopy(ref)
+    auto, compiled = AutogradStep(ref, lr=1e-3, loss="huber"), CompiledStep(net, lr=1e-3, loss="huber")
+    g = torch.Generator().manual_seed(0)
+    for k in range(4):
+        auto.lr = compiled.lr = 1e-3 / (k + 1)
+        y = torch.rand(200, 20, generator=g)
+        x = (y + 0.1 * torch.randn(200, 20, generator=g)).clamp_(min=0.0)
+        eps = torch.randn(200, 10, generator=g)
+        torch.testing.assert_close(compiled(x, y, eps, 0.01), auto(x, y, eps, 0.01), rtol=1e-5, atol=1e-7)
+    _assert_same_weights(ref, net)
+
+
+def test_networks_it_does_not_implement_are_refused():
+    net = build_model(ModelConfig(arch="vae"))
+    net.encoder[1] = torch.nn.Tanh()
+    with pytest.raises(UnsupportedNetwork, match="Tanh"):
+        CompiledStep(net, lr=1e-3, loss="huber")
+    mixed = build_model(ModelConfig(arch="dae", activation="relu"))
+    mixed.decoder[1] = torch.nn.ELU()
+    with pytest.raises(UnsupportedNetwork, match="single activation"):
+        CompiledStep(mixed, lr=1e-3, loss="huber")
+    with pytest.raises(UnsupportedNetwork, match="float32"):
+        CompiledStep(build_model(ModelConfig(arch="dae")).double(), lr=1e-3, loss="huber")

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from dwivae import kernel
+from dwivae.compiled_step import CompiledStep
 from dwivae.errors import InputError
-from dwivae.training import TrainConfig, reconstruct, train
+from dwivae.models import ModelConfig, build_model
+from dwivae.training import AutogradStep, TrainConfig, make_step, reconstruct, train
 
 
 def _weights(model):
@@ -178,3 +181,20 @@ def test_normalising_by_the_noisy_b0_mean(acq, tiny_config):
     np.testing.assert_allclose(model_output(model, 3.0 * signals), 3.0 * out, rtol=1e-4, atol=1e-6)  # no S0 needed
     s0_model = train(acq, arch="vae", seed=0, config=replace(config, normalise="s0"))
     assert not np.allclose(model_output(s0_model, 3.0 * signals), 3.0 * model_output(s0_model, signals), rtol=1e-2)
+
+
+def test_make_step_takes_the_kernel_where_it_can_and_autograd_otherwise(monkeypatch):
+    compiled = kernel.library() is not None
+    for activation in ("relu", "leaky_relu", "elu"):
+        net = build_model(ModelConfig(arch="vae", activation=activation))
+        assert type(make_step(net, lr=1e-3, loss="huber")) is (CompiledStep if compiled else AutogradStep)
+    odd = build_model(ModelConfig())
+    for module in odd.modules():
+        if isinstance(module, torch.nn.ELU):
+            module.alpha = 0.5  # a network the kernel does not compute: autograd trains it, no C change
+    assert type(make_step(odd, lr=1e-3, loss="huber")) is AutogradStep
+    tanh = build_model(ModelConfig())
+    tanh.encoder[1] = torch.nn.Tanh()
+    assert type(make_step(tanh, lr=1e-3, loss="huber")) is AutogradStep
+    monkeypatch.setenv("DWIVAE_KERNEL", "torch")
+    assert type(make_step(build_model(ModelConfig()), lr=1e-3, loss="huber")) is AutogradStep

@@ -14,6 +14,7 @@ from pathlib import Path
 from dwivae._version import __version__
 from dwivae.errors import InputError
 from dwivae.grouping import DEFAULT_GROUP, MIN_GROUP
+from dwivae.kernel import default_threads
 
 
 def _number(kind: type, low: float, *, above: bool = False, high: float | None = None):
@@ -220,7 +221,7 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     model_path = args.model
     if model is None or (args.train and model.acquisition.mismatch(acq) is not None):
         model, model_path = _matched_model(args, acq)
-    if not isinstance(model, FrozenModel):
+    if not isinstance(model, FrozenModel) and args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
@@ -325,7 +326,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         write_results({**results, "command": command}, args.out, force=True)
 
     results = run_benchmark(args.phantom, methods=args.methods, models=models, variants=variants,
-                            threads=args.threads,
+                            threads=args.threads or default_threads(),
                             seed=args.seed, log=(lambda line: None) if args.quiet else print, fa_maps=args.out,
                             done=save, bias_correct=args.bias_correct, spatial=args.spatial, pooling=args.nonlocal_)
     results["command"] = command
@@ -477,9 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--bias-correct and --spatial (1: Rician)")
     p.add_argument("--uncertainty", type=_number(int, 0), default=0, metavar="K",
                    help="write _uncertainty: the standard deviation over K posterior samples (VAE only)")
-    p.add_argument("--threads", type=COUNT, default=1,
-                   help="threads of the forward pass (default 1: the network is small, and a second thread "
-                        "stalls whenever the other core is busy)")
+    p.add_argument("--threads", type=COUNT, default=None,
+                   help="threads of the forward pass (default: every CPU this process may use)")
     p.add_argument("--seed", type=_number(int, 0), default=0, help="seed for --train and --uncertainty")
     p.set_defaults(run=cmd_denoise)
 
@@ -533,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "trained first if missing)")
     p.add_argument("--variants", type=Path, nargs="+", default=[],
                    help="more model directories, each scored as a method named after its directory")
-    p.add_argument("--threads", type=COUNT, default=1, help="threads for dwidenoise (default 1)")
+    p.add_argument("--threads", type=COUNT, default=None,
+                   help="threads for dwidenoise (default: every CPU this process may use)")
     p.add_argument("--spatial", type=POSITIVE, nargs="?", const=2.0, metavar="STRENGTH",
                    help="also score each network with latent means averaged over the neighbourhood "
                         "(`denoise --spatial`), as METHOD+spatial")

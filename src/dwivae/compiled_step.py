@@ -1,10 +1,9 @@
 """Training steps in C (``train_loop.c`` and ``train_step.c``): forward, backward and Adam.
 
-:class:`CompiledStep` takes :class:`~dwivae.fused.FusedStep`'s weights (the network's parameters
-are views into one flat buffer, gathered into ``[W | b]`` blocks for the kernel) and runs whole
-steps in C: 128 samples at a time through every layer and back with the activations in cache,
-each weight's gradient summed in vector lanes, then Adam, on threads of its own that share each
-batch. :meth:`CompiledStep.steps` runs many steps in one call, reading each batch's rows in place
+:class:`CompiledStep` makes the network's parameters views into one flat buffer, gathers them into
+``[W | b]`` blocks for the kernel and runs whole steps in C: 128 samples at a time through every
+layer and back with the activations in cache, each weight's gradient summed in vector lanes, then
+Adam, on threads of its own that share each batch. :meth:`CompiledStep.steps` runs many steps in one call, reading each batch's rows in place
 in an order made on the fly and drawing the VAE's eps in C, so that nothing runs in Python
 between steps and no epoch's data is copied.
 Deterministic: the same network, batches and eps give bit-identical weights on any number of
@@ -18,13 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from dwivae.fused import FusedStep, UnsupportedNetwork
+from dwivae.losses import reconstruction_loss
 from dwivae.kernel import ACTIVATION_CODES, MAX_WIDTH, default_threads, library
 from dwivae.models import Autoencoder
 
 ACTIVATIONS = {name: ACTIVATION_CODES[module.__name__] for name, module in
                (("elu", nn.ELU), ("relu", nn.ReLU), ("leaky_relu", nn.LeakyReLU))}
-"""FusedStep's activation names to the kernel's codes (simd.h)."""
+"""Activation names to the kernel's codes (simd.h)."""
 LOSSES = {"huber": 0, "mse": 1, "l1": 2}
 EPS_NONE, EPS_GIVEN, EPS_DRAWN = 0, 1, 2
 
@@ -34,6 +33,44 @@ def _pointer(t: torch.Tensor | np.ndarray | None, ctype=ctypes.c_float):
         return None
     address = t.data_ptr() if isinstance(t, torch.Tensor) else t.ctypes.data
     return ctypes.cast(address, ctypes.POINTER(ctype))
+
+
+class UnsupportedNetwork(ValueError):
+    """The network has a layer or setting that :class:`CompiledStep` does not implement (training
+    then takes :class:`dwivae.training.AutogradStep`)."""
+
+
+def _activation(module: nn.Module) -> tuple[str, float]:
+    if type(module) is nn.ReLU:
+        return "relu", 0.0
+    if type(module) is nn.LeakyReLU and module.negative_slope >= 0:
+        return "leaky_relu", float(module.negative_slope)
+    if type(module) is nn.ELU:
+        return "elu", float(module.alpha)
+    raise UnsupportedNetwork(f"the compiled training step does not support {module!r} layers")
+
+
+def _structure(network: nn.Module) -> tuple[list, str, float]:
+    """The linear layers (weights, biases) in the order encoder, heads, decoder, and the activation."""
+    try:
+        enc_mods, dec_mods = list(network.encoder), list(network.decoder)
+        heads = [network.mu] + ([network.logvar] if network.logvar is not None else [])
+    except (AttributeError, TypeError) as err:
+        raise UnsupportedNetwork(f"not an Autoencoder: {err}") from None
+    enc, dec = enc_mods[0::2], dec_mods[0::2]
+    if (not enc_mods or len(enc_mods) % 2 or len(dec_mods) % 2 or len(dec_mods) < 2
+            or type(dec_mods[-1]) is not nn.Sigmoid
+            or not all(type(m) is nn.Linear and m.bias is not None for m in enc + dec + heads)):
+        raise UnsupportedNetwork("the compiled training step needs Linear/activation stacks ending in a sigmoid, "
+                                 "with biases")
+    acts = {_activation(m) for m in enc_mods[1::2] + dec_mods[1:-1:2]}
+    if len(acts) != 1:
+        raise UnsupportedNetwork("the compiled training step needs a single activation type")
+    act, param = acts.pop()
+    linears = [([m.weight], [m.bias]) for m in enc]
+    linears.append(([h.weight for h in heads], [h.bias for h in heads]))
+    linears += [([m.weight], [m.bias]) for m in dec]
+    return linears, act, param
 
 
 def _library() -> ctypes.CDLL:
@@ -61,16 +98,22 @@ def shuffled_rows(key: int, n: int, first: int = 0, count: int | None = None) ->
     return out
 
 
-class CompiledStep(FusedStep):
-    """Optimisation steps in C: ``step(x, y, eps, beta) -> (rec, kl)`` as
-    :class:`~dwivae.fused.FusedStep`, and :meth:`steps` for many at once.
+class CompiledStep:
+    """Optimisation steps in C: ``step(x, y, eps, beta) -> (rec, kl)``, and :meth:`steps` for many
+    at once.
+
+    Same interface and update as :class:`dwivae.training.AutogradStep` (up to float32 rounding):
+    loss = reconstruction (mean over all elements) + ``beta`` x KL (mean over the batch), Adam with
+    torch's defaults; ``rec`` and ``kl`` are 0-d tensors; ``network``'s parameters become views
+    into this step's flat weight buffer and are updated in place.
 
     Parameters
     ----------
     network : Autoencoder
-        As for :class:`~dwivae.fused.FusedStep`, with ELU (alpha 1), ReLU or LeakyReLU and layers
-        of at most :data:`~dwivae.kernel.MAX_WIDTH` units; anything else raises
-        :class:`~dwivae.fused.UnsupportedNetwork`, as does a machine where the kernel cannot be built.
+        Linear layers with one activation type (ELU with alpha 1, ReLU, LeakyReLU), a sigmoid
+        output, float32 on the CPU, layers of at most :data:`~dwivae.kernel.MAX_WIDTH` units;
+        anything else raises :class:`UnsupportedNetwork`, as does a machine where the kernel cannot
+        be built.
     lr : float
     loss : {"huber", "mse", "l1"}
     lanes : int, optional
@@ -80,20 +123,57 @@ class CompiledStep(FusedStep):
 
     def __init__(self, network: Autoencoder, *, lr: float, loss: str, lanes: int | None = None) -> None:
         lib = _library()
-        super().__init__(network, lr=lr, loss=loss)
+        reconstruction_loss(loss)
+        self.network, self.loss, self.lr = network, loss, float(lr)
+        self.beta1, self.beta2, self.eps = 0.9, 0.999, 1e-8
+        self.vae = getattr(network, "logvar", None) is not None
+        linears, self.act, self.act_param = _structure(network)
         if self.act not in ACTIVATIONS or (self.act == "elu" and self.act_param != 1.0):
             raise UnsupportedNetwork(f"the compiled step does not implement {self.act}({self.act_param})")
-        if any(max(layer.n_in, layer.n_out) > MAX_WIDTH for layer in self.layers):
+        self.latent = network.mu.out_features
+        self.n_enc = len(network.encoder) // 2
+        params = list(network.parameters())
+        if sorted(id(p) for ws, bs in linears for p in ws + bs) != sorted(id(p) for p in params):
+            raise UnsupportedNetwork("the network has parameters that the compiled step does not know")
+        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
+            raise UnsupportedNetwork("the compiled training step needs float32 parameters on the CPU")
+        widths = [(ws[0].shape[1], sum(w.shape[0] for w in ws)) for ws, _ in linears]  # (in, out) per layer
+        if any(max(width) > MAX_WIDTH for width in widths):
             raise UnsupportedNetwork(f"the compiled step takes layers of at most {MAX_WIDTH} units")
         self.lanes_wanted = lanes or default_threads()
-        # the kernel keeps the weights and Adam's moments in the [W | b] layout of flat_aug
+        total = sum(p.numel() for p in params)
+        # master weights: one flat buffer in the network's own layout; the parameters become views
+        self.flat = torch.empty(total)
+        where = {}
+        offset = 0
+        with torch.no_grad():
+            for p in params:
+                view = self.flat[offset:offset + p.numel()].view_as(p)
+                view.copy_(p)
+                where[id(p)] = offset
+                p.data = view
+                offset += p.numel()
+        # the kernel keeps the weights and Adam's moments as [W | b] blocks, layer after layer
+        self.to_aug = torch.empty(total, dtype=torch.long)  # [W | b] position -> flat position
+        offset = 0
+        for (ws, bs), (n_in, n_out) in zip(linears, widths):
+            aug = torch.arange(offset, offset + n_out * (n_in + 1)).view(n_out, n_in + 1)
+            row = 0
+            for w, b in zip(ws, bs):
+                m = w.shape[0]
+                self.to_aug[aug[row:row + m, :n_in].reshape(-1)] = where[id(w)] + torch.arange(m * n_in)
+                self.to_aug[aug[row:row + m, n_in]] = where[id(b)] + torch.arange(m)
+                row += m
+            offset += aug.numel()
         self.to_flat = torch.argsort(self.to_aug)
+        self.flat_aug = torch.empty(total)
         self.moment1 = torch.zeros_like(self.flat_aug)
         self.moment2 = torch.zeros_like(self.flat_aug)
         self.adam_steps = ctypes.c_int64(0)
         self._fn = lib.dwivae_train_steps
-        self._n_in = np.array([layer.n_in for layer in self.layers], dtype=np.int32)
-        self._n_out = np.array([layer.n_out for layer in self.layers], dtype=np.int32)
+        self._n_in = np.array([n_in for n_in, _ in widths], dtype=np.int32)
+        self._n_out = np.array([n_out for _, n_out in widths], dtype=np.int32)
+        self.n_layers, self.n_inputs = len(widths), widths[0][0]
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | None,
                  beta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,8 +209,8 @@ class CompiledStep(FusedStep):
         divisor = n / 2 if self.loss == "mse" else n  # d loss / d out = (2) (out - y) / n
         kscale = beta / (batch / divisor) if (self.vae and beta > 0) else 0.0  # KL grad, same scale
         for name, t in (("x", x), ("y", y)):
-            if t.dtype != torch.float32 or t.dim() != 2 or t.shape[1] != self.layers[0].n_in:
-                raise ValueError(f"{name} must be float32 rows of {self.layers[0].n_in} volumes")
+            if t.dtype != torch.float32 or t.dim() != 2 or t.shape[1] != self.n_inputs:
+                raise ValueError(f"{name} must be float32 rows of {self.n_inputs} volumes")
         if not 0 < len(y) <= len(x) < 2**31 or len(x) % len(y):
             raise ValueError(f"x's {len(x)} rows must be copies of y's {len(y)} rows")
         if first_sample < 0 or first_sample + n_steps * batch > len(x):
@@ -147,7 +227,7 @@ class CompiledStep(FusedStep):
             status = self._fn(
                 _pointer(x), len(x), _pointer(y), len(y), shuffle is not None, (shuffle or 0) & (2**64 - 1),
                 first_sample, _pointer(eps), mode, (seed or 0) & (2**64 - 1), first_step, n_steps, batch,
-                len(self.layers), self.n_enc, _pointer(self._n_in, ctypes.c_int), _pointer(self._n_out, ctypes.c_int),
+                self.n_layers, self.n_enc, _pointer(self._n_in, ctypes.c_int), _pointer(self._n_out, ctypes.c_int),
                 int(self.vae), ACTIVATIONS[self.act], float(self.act_param), LOSSES[self.loss], float(kscale),
                 float(divisor), _pointer(self.flat_aug), _pointer(self.moment1), _pointer(self.moment2),
                 ctypes.byref(self.adam_steps), float(self.lr), self.beta1, self.beta2, self.eps,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -13,9 +12,8 @@ import torch
 from dwivae.acquisition import Acquisition
 from dwivae.dataset import (SimulatedSplit, clean_atoms, counter_noisy_copies, noisy_copies,
                             seed_streams, simulate_split, held_out_pairs, torch_generator)
-from dwivae.compiled_step import CompiledStep
+from dwivae.compiled_step import CompiledStep, UnsupportedNetwork
 from dwivae.config import PRESETS, TrainConfig
-from dwivae.fused import FusedStep, UnsupportedNetwork
 from dwivae.kernel import CompiledForward, aligned_empty, compiled_forward
 from dwivae.losses import beta_schedule, kl_divergence, reconstruction_loss
 from dwivae.models import Autoencoder, ContextNet, ModelConfig, build_model
@@ -190,7 +188,7 @@ def train(
     TrainedModel
     """
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the step's ops are small: a second OpenMP thread only waits on a busy core
+    torch.set_num_threads(1)  # the loop's torch ops are small (one batch); the compiled step has threads of its own
     try:
         return _train(acq, arch=arch, latent=latent, seed=seed, config=config, split=split, callback=callback,
                       hidden=hidden)
@@ -198,18 +196,15 @@ def train(
         torch.set_num_threads(threads)
 
 
-def make_step(network: Autoencoder, *, lr: float, loss: str):
-    """The fastest training step that handles ``network``: :class:`~dwivae.compiled_step.CompiledStep`
-    (C kernel), else :class:`~dwivae.fused.FusedStep` (hand-written torch backward), else
-    :class:`AutogradStep`. ``DWIVAE_FUSED=0`` in the environment forces the autograd step,
-    ``DWIVAE_KERNEL=torch`` rules out the C kernel. All give the same update up to float32 rounding."""
-    if os.environ.get("DWIVAE_FUSED", "1") != "0":
-        for step in (CompiledStep, FusedStep):
-            try:
-                return step(network, lr=lr, loss=loss)
-            except UnsupportedNetwork:
-                pass
-    return AutogradStep(network, lr=lr, loss=loss)
+def make_step(network: Autoencoder, *, lr: float, loss: str) -> CompiledStep | AutogradStep:
+    """The training step for ``network``: :class:`~dwivae.compiled_step.CompiledStep` (the C kernel)
+    where it handles the network and a C compiler is there, else :class:`AutogradStep` (torch
+    autograd; ``DWIVAE_KERNEL=torch`` in the environment forces it). Both give the same update up
+    to float32 rounding: a new network or loss trains through autograd with no C change."""
+    try:
+        return CompiledStep(network, lr=lr, loss=loss)
+    except UnsupportedNetwork:
+        return AutogradStep(network, lr=lr, loss=loss)
 
 
 def _train(acq: Acquisition, *, arch: str, latent: int, seed: int, config: TrainConfig | None,
