@@ -8,7 +8,7 @@ runs with the cached model), with peak memory (maximum resident set size)
 from ``/usr/bin/time -v``. A volume 4x larger (240 slices) shows that dwivae's memory stays bounded.
 dwivae and dwidenoise run ``--repeats`` times (default 3), interleaved, and their median wall time
 is reported. Also prints the network's inference rate (voxels/s) on in-memory signals: torch
-against the compiled kernel (:mod:`dwivae.kernel`), 1 and 2 threads.
+against the compiled kernel (:mod:`dwivae.kernels.bindings`), 1 and 2 threads.
 
 Usage: ``python benchmarks/bench_denoise.py [--model DIR] [--out benchmarks/results/denoise.json] [--skip-peers]
 [--skip-mppca] [--repeats N]``
@@ -30,11 +30,11 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from dwivae.acquisition import save_acquisition, seed32
-from dwivae.checkpoint import load_model, save_model
-from dwivae.kernel import aligned_empty, compiled_forward
-from dwivae.simulate import random_tensors, tensor_signals
-from dwivae.training import PRESETS, train
+from dwivae.kernels.bindings import aligned_empty, compiled_forward
+from dwivae.learn.checkpoint import load_model, save_model
+from dwivae.learn.training import PRESETS, train
+from dwivae.physics.acquisition import save_acquisition, seed32
+from dwivae.physics.simulate import random_tensors, tensor_signals
 
 
 def make_volume(shape: tuple[int, int, int], path: Path, *, seed: int = 0) -> None:

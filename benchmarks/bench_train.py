@@ -1,10 +1,10 @@
 """Training speed: the study preset and the default preset, and the compiled step against autograd.
 
-Trains the seed32 VAE (``dwivae.training.train(seed32(), arch="vae", seed=0, config=PRESETS[p])``)
+Trains the seed32 VAE (``dwivae.learn.training.train(seed32(), arch="vae", seed=0, config=PRESETS[p])``)
 for each preset and prints samples/s (sample passes over training time: the batch gather, the
 noise and the optimisation steps), training and wall time (simulation and test evaluation included)
 and test MSE, next to the study's 12 hours on a 32-core CPU. Then, in the same run, times
-:class:`~dwivae.training.AutogradStep` and :class:`~dwivae.compiled_step.CompiledStep` on the same
+:class:`~dwivae.learn.training.AutogradStep` and :class:`~dwivae.learn.compiled_step.CompiledStep` on the same
 batches, interleaved (the machine may be shared: the ratio, measured in one run, means more than
 the absolute numbers).
 
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from dwivae.acquisition import seed32
-from dwivae.compiled_step import CompiledStep, UnsupportedNetwork
-from dwivae.models import ModelConfig, build_model
-from dwivae.training import PRESETS, AutogradStep, make_step, train
+from dwivae.learn.compiled_step import CompiledStep, UnsupportedNetwork
+from dwivae.learn.models import ModelConfig, build_model
+from dwivae.learn.training import PRESETS, AutogradStep, make_step, train
+from dwivae.physics.acquisition import seed32
 
 STUDY_SECONDS = 12 * 3600
 """The study's training time: 12 hours on a 32-core CPU."""

@@ -2,7 +2,7 @@
 
 For DIPY's ``small_64D`` and MRtrix3's crops in ../shared/data: the mean FA and MD in the mask
 after the plain ``dwivae denoise`` (and with ``--keep-floor``), and of the MP-PCA reference with the
-noise floor removed as ours removes it (:func:`dwivae.grouping.remove_floor_by_shell`), against DIPY mppca's and dwidenoise's
+noise floor removed as ours removes it (:func:`dwivae.apply.grouping.remove_floor_by_shell`), against DIPY mppca's and dwidenoise's
 (the issue's guard: within 3 % of MP-PCA's; dwidenoise is the MP-PCA reference where DIPY's output
 is broken, as on crops too small for its patches), the residual's mean over the diffusion-weighted volumes in units of sigma, and
 the correlation of the residual's RMS map with the mean b0 (a denoiser that removes only noise
@@ -20,12 +20,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from dwivae.acquisition import load_acquisition
-from dwivae.baselines import run_method
-from dwivae.benchmark import dti_fit
-from dwivae.denoise import auto_mask
-from dwivae.grouping import remove_floor_by_shell
-from dwivae.noise import estimate_sigma
+from dwivae.apply.grouping import remove_floor_by_shell
+from dwivae.apply.mask import auto_mask
+from dwivae.compare.baselines import run_method
+from dwivae.compare.benchmark import dti_fit
+from dwivae.physics.acquisition import load_acquisition
+from dwivae.physics.noise import estimate_sigma
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

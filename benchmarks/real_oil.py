@@ -17,10 +17,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from dwivae.acquisition import Acquisition, load_acquisition
-from dwivae.baselines import run_method
-from dwivae.benchmark import dti_fit
-from dwivae.denoise import auto_mask
+from dwivae.apply.mask import auto_mask
+from dwivae.compare.baselines import run_method
+from dwivae.compare.benchmark import dti_fit
+from dwivae.physics.acquisition import Acquisition, load_acquisition
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dib2019"
 PARTS = ("oil_lte_pt1_14", "oil_lte_pt2_16", "oil_lte_pt3_18", "oil_lte_pt4_20")

@@ -3,7 +3,7 @@
 Without a ground truth, a denoiser that removes noise and nothing else leaves a residual (input
 minus output) of about the noise level sigma in the diffusion-weighted volumes, with no mean and
 no anatomy; a residual RMS above sigma, or a mean far from 0, means that signal went with the
-noise. sigma is measured from the spread of the b0 volumes (`dwivae.noise.estimate_sigma`). Also
+noise. sigma is measured from the spread of the b0 volumes (`dwivae.physics.noise.estimate_sigma`). Also
 prints the mean FA and MD (DIPY WLS) in the mask before and after.
 
 Runs on MRtrix3's multi-shell in-vivo crop (`../shared/data/mrtrix_msmt_dwi`, 15 x 15 x 11 x
@@ -23,14 +23,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from dwivae.acquisition import load_acquisition
-from dwivae.baselines import run_method
-from dwivae.benchmark import dti_fit
-from dwivae.checkpoint import load_or_train
-from dwivae.context import train_context
-from dwivae.denoise import denoise
-from dwivae.noise import estimate_sigma, snr_range
-from dwivae.training import PRESETS, train
+from dwivae.apply.denoise import denoise
+from dwivae.compare.baselines import run_method
+from dwivae.compare.benchmark import dti_fit
+from dwivae.learn.checkpoint import load_or_train
+from dwivae.learn.context import train_context
+from dwivae.learn.training import PRESETS, train
+from dwivae.physics.acquisition import load_acquisition
+from dwivae.physics.noise import estimate_sigma, snr_range
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mrtrix_msmt_dwi"
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from dwivae.baselines import run_method
-from dwivae.benchmark import dti_fit, has_kurtosis, load_phantom, mean_kurtosis, score
+from dwivae.compare.baselines import run_method
+from dwivae.compare.benchmark import dti_fit, has_kurtosis, load_phantom, mean_kurtosis, score
 
 METRICS = ("rmse", "fa_mae", "md_mae", "mk_mae")
 PEERS = ("mppca", "dwidenoise", "patch2self")

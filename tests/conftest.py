@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dwivae.acquisition import seed32
-from dwivae.training import PRESETS, TrainConfig
+from dwivae.learn.training import PRESETS, TrainConfig
+from dwivae.physics.acquisition import seed32
 
 TINY_TRAINING = replace(PRESETS["default"], atoms="random", n_atoms=4000, samples_per_epoch=40_000,
                         batch_size=1024, epochs=3, test_every=2, lr=2e-3)
@@ -51,8 +51,8 @@ def real_sample(name: str) -> tuple[Path, Path, Path]:
 @pytest.fixture(scope="session")
 def trained_for():
     """Train (once per session) a tiny model for a real sample's protocol: trained_for(name, arch)."""
-    from dwivae.acquisition import load_acquisition
-    from dwivae.training import train
+    from dwivae.learn.training import train
+    from dwivae.physics.acquisition import load_acquisition
     cache = {}
 
     def get(name: str, arch: str = "vae"):

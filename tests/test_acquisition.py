@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import write_gradients
-from dwivae.acquisition import Acquisition, builtin_protocol, from_json, load_acquisition, seed32
+
 from dwivae.errors import InputError
+from dwivae.physics.acquisition import Acquisition, builtin_protocol, from_json, load_acquisition, seed32
 
 SHARED = "../shared/data"
 

@@ -5,18 +5,18 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import TINY_TRAINING
-from dwivae import baselines
-from dwivae.baselines import METHODS, mean_shift, run_method, svd_basis, why_broken
-from dwivae.phantom import make_phantom
-from dwivae.simulate import random_tensors, tensor_signals
-from dwivae.training import train
+
+from dwivae.compare import baselines
+from dwivae.compare.baselines import METHODS, mean_shift, run_method, svd_basis, why_broken
+from dwivae.learn.training import train
+from dwivae.physics.phantom import make_phantom
+from dwivae.physics.simulate import random_tensors, tensor_signals
 
 
 @pytest.fixture(scope="module")
 def phantom():
-    from dwivae.acquisition import seed32
+    from dwivae.physics.acquisition import seed32
     acq = seed32()
     return acq, make_phantom(acq, shape=(20, 20, 10), snr=20, noise="rician", seed=0)
 

@@ -5,11 +5,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from conftest import TINY_TRAINING
-from dwivae import training
-from dwivae.benchmark import dti_fit, format_markdown, load_phantom, score
+
 from dwivae.cli import main
+from dwivae.compare.benchmark import dti_fit, format_markdown, load_phantom, score
+from dwivae.learn import training
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_benchmark_command_writes_the_numbers_it_prints(phantom_dir, tmp_path, c
 
 
 def test_bias_corrected_and_spatial_rows(phantom_dir, tmp_path):
-    from dwivae.benchmark import run_benchmark
+    from dwivae.compare.benchmark import run_benchmark
     rician = training.train(load_phantom(phantom_dir)["acq"], arch="dae", seed=0,
                             config=replace(TINY_TRAINING, noise="rician", snr_range=(10.0, 40.0)))
     results = run_benchmark([phantom_dir], methods=["svd"], variants={"dae_rician": rician}, log=lambda _: None,
@@ -86,10 +86,10 @@ def test_bias_corrected_and_spatial_rows(phantom_dir, tmp_path):
 
 
 def test_a_context_model_is_also_scored_voxel_by_voxel(phantom_dir):
-    from dwivae.benchmark import run_benchmark
-    from dwivae.context import train_context
-    from dwivae.denoise import denoise
-    from dwivae.models import ContextConfig
+    from dwivae.apply.denoise import denoise
+    from dwivae.compare.benchmark import run_benchmark
+    from dwivae.learn.context import train_context
+    from dwivae.learn.models import ContextConfig
     ph = load_phantom(phantom_dir)
     model = train_context(training.train(ph["acq"], arch="vae", seed=0, config=TINY_TRAINING),
                           config=ContextConfig(steps=10, batch_size=64))

@@ -4,19 +4,19 @@ import json
 
 import numpy as np
 import pytest
-
 from safetensors.numpy import load_file, save_file
 
-from dwivae.checkpoint import expected_shapes, load_frozen, load_model, save_model
-from dwivae.config import ContextConfig, ModelConfig
 from dwivae.errors import InputError
-from dwivae.training import reconstruct, train
+from dwivae.learn.checkpoint import expected_shapes, load_frozen, load_model, save_model
+from dwivae.learn.config import ContextConfig, ModelConfig
+from dwivae.learn.training import reconstruct, train
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
     from conftest import TINY_TRAINING
-    from dwivae.acquisition import seed32
+
+    from dwivae.physics.acquisition import seed32
     return train(seed32(), arch="vae", seed=0, config=TINY_TRAINING)
 
 
@@ -68,7 +68,7 @@ def test_missing_directory(tmp_path):
 @pytest.mark.parametrize("config", [ModelConfig(), ModelConfig(arch="dae", n_inputs=65, latent=10),
                                     ModelConfig(hidden=(64, 32, 16)), ModelConfig(hidden=(20,))])
 def test_expected_shapes_are_the_networks_own(config):
-    from dwivae.models import ContextNet, build_model
+    from dwivae.learn.models import ContextNet, build_model
 
     context = ContextConfig(latent=config.latent)
     state = {name: tuple(t.shape) for name, t in build_model(config).state_dict().items()}

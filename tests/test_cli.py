@@ -6,14 +6,15 @@ from dataclasses import replace
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import TINY_TRAINING, real_sample, write_gradients
-from dwivae import kernel, training
-from dwivae.checkpoint import load_model, save_model
-from dwivae.acquisition import load_acquisition
+
+from dwivae.apply.grouping import DEFAULT_GROUP
 from dwivae.cli import main
-from dwivae.grouping import DEFAULT_GROUP
-from dwivae.noise import remove_noise_floor
+from dwivae.kernels import bindings as kernel
+from dwivae.learn import training
+from dwivae.learn.checkpoint import load_model, save_model
+from dwivae.physics.acquisition import load_acquisition
+from dwivae.physics.noise import remove_noise_floor
 
 
 @pytest.fixture(autouse=True)
@@ -218,7 +219,7 @@ def test_train_with_rician_noise_and_an_snr_range(tmp_path, capsys):
 
 
 def test_train_measures_the_snr_range_on_data(tmp_path, capsys):
-    from dwivae.noise import snr_range
+    from dwivae.physics.noise import snr_range
     assert main(["phantom", "--protocol", "seed32", "--shape", "24", "24", "12", "--snr", "25", "--out",
                  str(tmp_path / "ph")]) == 0
     dwi, bval, bvec = (tmp_path / "ph" / name for name in ("dwi.nii.gz", "dwi.bval", "dwi.bvec"))
@@ -228,7 +229,7 @@ def test_train_measures_the_snr_range_on_data(tmp_path, capsys):
     assert main(["train", "--bvals", str(bval), "--bvecs", str(bvec), "--snr-from", str(dwi), "--mask",
                  str(tmp_path / "mask.nii.gz"), "--quiet", "--out", str(out)]) == 0
     assert "sigma" in capsys.readouterr().err
-    from dwivae.acquisition import load_acquisition
+    from dwivae.physics.acquisition import load_acquisition
     data = np.asarray(nib.load(dwi).dataobj, dtype=np.float32)
     _, expected = snr_range(data, load_acquisition(bval, bvec), labels)
     np.testing.assert_allclose(load_model(out).train_config.snr_range, expected, rtol=1e-6)
@@ -283,7 +284,7 @@ def test_denoise_bias_correct_bad_inputs(tmp_path, capsys, small64):
 
 
 def test_denoise_spatial_file_matches_memory_across_slabs(tmp_path, capsys):
-    from dwivae.denoise import denoise
+    from dwivae.apply.denoise import denoise
     assert main(["phantom", "--protocol", "seed32", "--shape", "20", "20", "12", "--snr", "15", "--out",
                  str(tmp_path / "ph")]) == 0
     dwi = tmp_path / "ph" / "dwi.nii.gz"
@@ -310,7 +311,7 @@ def test_denoise_spatial_file_matches_memory_across_slabs(tmp_path, capsys):
 
 
 def test_train_context_then_denoise_uses_it(tmp_path, capsys):
-    from dwivae.denoise import denoise
+    from dwivae.apply.denoise import denoise
     assert main(["phantom", "--protocol", "seed32", "--shape", "20", "20", "12", "--snr", "15", "--out",
                  str(tmp_path / "ph")]) == 0
     dwi = tmp_path / "ph" / "dwi.nii.gz"

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-
-from dwivae import kernel
-from dwivae.compiled_step import CompiledStep, UnsupportedNetwork, shuffled_rows, standard_normals
-from dwivae.models import ModelConfig, build_model
-from dwivae.training import AutogradStep
 from test_kernel import needs_compiler
+
+from dwivae.kernels import bindings as kernel
+from dwivae.learn.compiled_step import CompiledStep, UnsupportedNetwork, shuffled_rows, standard_normals
+from dwivae.learn.models import ModelConfig, build_model
+from dwivae.learn.training import AutogradStep
 
 pytestmark = needs_compiler
 

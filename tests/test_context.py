@@ -6,17 +6,23 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
-from dwivae.checkpoint import load_model, model_fingerprint, save_model
-from dwivae.context import (CUT, ONE_TISSUE, bent_atoms, context_codes, rotations, simulate_neighbourhoods,
-                            train_context)
-from dwivae.denoise import denoise
-from dwivae.errors import InputError
-from dwivae.models import ContextConfig, ContextNet, neighbour_offsets
-from dwivae.phantom import make_phantom
-from dwivae.training import train
-
 from conftest import TINY_TRAINING
+
+from dwivae.apply.denoise import denoise
+from dwivae.errors import InputError
+from dwivae.learn.checkpoint import load_model, model_fingerprint, save_model
+from dwivae.learn.context import (
+    CUT,
+    ONE_TISSUE,
+    bent_atoms,
+    context_codes,
+    rotations,
+    simulate_neighbourhoods,
+    train_context,
+)
+from dwivae.learn.models import ContextConfig, ContextNet, neighbour_offsets
+from dwivae.learn.training import train
+from dwivae.physics.phantom import make_phantom
 
 SHORT = ContextConfig(steps=200, batch_size=512, lr=3e-3)
 
@@ -24,7 +30,7 @@ SHORT = ContextConfig(steps=200, batch_size=512, lr=3e-3)
 @pytest.fixture(scope="module")
 def with_context():
     """A tiny VAE for seed32 (the study's Gaussian noise levels) with a briefly trained context network."""
-    from dwivae.acquisition import seed32
+    from dwivae.physics.acquisition import seed32
     return train_context(train(seed32(), arch="vae", seed=0, config=TINY_TRAINING), config=SHORT)
 
 
@@ -146,7 +152,7 @@ def test_rotations_are_proper_and_turn_by_the_vector_length():
 
 
 def test_bent_tensors_keep_their_shape_and_turn_smoothly(acq):
-    from dwivae.tensorfit import eigen, fit_tensor
+    from dwivae.physics.tensorfit import eigen, fit_tensor
     offsets = neighbour_offsets(1).numpy().astype(np.float64)
     straight = bent_atoms(acq, "random", 20, offsets, rng=np.random.default_rng(0), max_bend=0.0)
     np.testing.assert_allclose(straight, np.broadcast_to(straight[:, 13:14], straight.shape), atol=1e-6)

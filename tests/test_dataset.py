@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from dwivae import dataset, kernel
-from dwivae.dataset import noisy_copies, simulate_split, held_out_pairs
 from test_kernel import needs_compiler
+
 from dwivae.errors import InputError
+from dwivae.kernels import bindings as kernel
+from dwivae.learn import dataset
+from dwivae.learn.dataset import held_out_pairs, noisy_copies, simulate_split
 
 
 def test_split_is_over_atoms_and_seeded(acq):
@@ -81,7 +82,7 @@ def test_bad_settings(acq):
 
 @pytest.mark.parametrize("atoms", ["sticks", "mixed"])
 def test_stick_atoms_carry_their_apparent_tensors(acq, atoms):
-    from dwivae.tensorfit import fit_tensor
+    from dwivae.physics.tensorfit import fit_tensor
     split = simulate_split(acq, seed=0, atoms=atoms, n_atoms=1000)
     assert len(split.train_clean) + len(split.test_clean) == 1000
     D, _ = fit_tensor(split.test_clean, acq.bvals, acq.bvecs)

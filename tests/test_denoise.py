@@ -6,11 +6,13 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import real_sample
-from dwivae.acquisition import load_acquisition
-from dwivae.denoise import denoise, denoise_file, denoise_signals
+
+from dwivae.apply.denoise import denoise
+from dwivae.apply.denoise_file import denoise_file
+from dwivae.apply.estimate import denoise_signals
 from dwivae.errors import InputError
+from dwivae.physics.acquisition import load_acquisition
 
 SAMPLES = ["small_64D", "mrtrix_msmt_dwi", "mrtrix_b3000_dwi"]
 
@@ -106,7 +108,7 @@ def test_output_fits_in_dipy(tmp_path, trained_for):
 
 
 def test_code_noise_scale_measures_what_noise_does_to_the_codes(trained_for):
-    from dwivae.denoise import code_noise_scale, encode_signals
+    from dwivae.apply.estimate import code_noise_scale, encode_signals
     dwi, bval, bvec = real_sample("mrtrix_msmt_dwi")
     acq = load_acquisition(bval, bvec)
     model = trained_for("mrtrix_msmt_dwi")

@@ -4,18 +4,18 @@ import json
 from dataclasses import replace
 
 import pytest
-
 from conftest import TINY_TRAINING
-from dwivae.checkpoint import save_model
+
 from dwivae.cli import main
+from dwivae.compare.evaluation import METRIC_KEYS, evaluate, format_table
 from dwivae.errors import InputError
-from dwivae.evaluation import METRIC_KEYS, evaluate, format_table
-from dwivae.training import train
+from dwivae.learn.checkpoint import save_model
+from dwivae.learn.training import train
 
 
 @pytest.fixture(scope="module")
 def pair():
-    from dwivae.acquisition import seed32
+    from dwivae.physics.acquisition import seed32
     return {arch: train(seed32(), arch=arch, seed=0, config=TINY_TRAINING) for arch in ("vae", "dae")}
 
 
@@ -33,7 +33,7 @@ def test_table2_keys_and_per_level(pair):
 
 
 def test_models_from_different_splits_are_refused(pair):
-    from dwivae.acquisition import seed32
+    from dwivae.physics.acquisition import seed32
     other = train(seed32(), arch="vae", seed=1, config=replace(TINY_TRAINING, epochs=1))
     with pytest.raises(InputError, match="different protocols or splits"):
         evaluate({"a": pair["vae"], "b": other})

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dwivae import figures
-from dwivae.latent import LatentStatistics
+from dwivae.learn.latent import LatentStatistics
+from dwivae.show import figures
 
 
 def assert_drawn(path, suffix=".png"):

@@ -11,13 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRAINING, real_sample
 
 from dwivae import denoise, load_frozen
-from dwivae.checkpoint import load_model, model_fingerprint, save_model
-from dwivae.models import ModelConfig, build_model
-from dwivae.training import TrainedModel
-
-from conftest import TINY_TRAINING, real_sample
+from dwivae.learn.checkpoint import load_model, model_fingerprint, save_model
+from dwivae.learn.models import ModelConfig, build_model
+from dwivae.learn.training import TrainedModel
 
 HAS_COMPILER = bool(os.environ.get("CI")) or shutil.which("cc") is not None
 needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler to build the kernel")

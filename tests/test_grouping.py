@@ -5,16 +5,16 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from conftest import TINY_TRAINING
-from dwivae.acquisition import seed32
-from dwivae.benchmark import dti_fit
-from dwivae.denoise import denoise
-from dwivae.grouping import grouped_estimate, project_group, remove_floor_by_shell
-from dwivae.noise import noncentral_chi_mean, remove_noise_floor
-from dwivae.phantom import make_realistic_phantom
-from dwivae.simulate import add_noncentral_chi_noise, tensor_signals
-from dwivae.training import train
+
+from dwivae.apply.denoise import denoise
+from dwivae.apply.grouping import grouped_estimate, project_group, remove_floor_by_shell
+from dwivae.compare.benchmark import dti_fit
+from dwivae.learn.training import train
+from dwivae.physics.acquisition import seed32
+from dwivae.physics.noise import noncentral_chi_mean, remove_noise_floor
+from dwivae.physics.phantom import make_realistic_phantom
+from dwivae.physics.simulate import add_noncentral_chi_noise, tensor_signals
 
 SHAPE = (12, 12, 8)
 

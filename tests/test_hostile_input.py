@@ -12,15 +12,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import TINY_TRAINING, write_gradients
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY_TRAINING, write_gradients
-from dwivae.acquisition import Acquisition, load_acquisition, seed32
-from dwivae.checkpoint import save_model
+from dwivae.apply.mask import auto_mask
 from dwivae.cli import main
-from dwivae.denoise import auto_mask
-from dwivae.training import train
+from dwivae.learn.checkpoint import save_model
+from dwivae.learn.training import train
+from dwivae.physics.acquisition import Acquisition, load_acquisition, seed32
 
 SHAPE = (10, 10, 6)
 

@@ -8,8 +8,17 @@ import pytest
 from dipy.data import get_fnames
 
 from dwivae.errors import InputError
-from dwivae.io import (NiftiWriter, find_gradient_files, iter_slabs, load_dwi, load_mask, output_paths,
-                       sidecar_path, write_json_atomic, write_nifti_atomic)
+from dwivae.io import (
+    NiftiWriter,
+    find_gradient_files,
+    iter_slabs,
+    load_dwi,
+    load_mask,
+    output_paths,
+    sidecar_path,
+    write_json_atomic,
+    write_nifti_atomic,
+)
 
 SHAPE = (4, 5, 7, 3)
 

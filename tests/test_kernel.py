@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from dwivae import kernel
-from dwivae.models import ModelConfig, build_model
+from dwivae.kernels import bindings as kernel
+from dwivae.learn.models import ModelConfig, build_model
 
 HAS_COMPILER = bool(os.environ.get("CI")) or shutil.which("cc") is not None
 needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler to build the kernel")

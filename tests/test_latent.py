@@ -3,18 +3,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_TRAINING
-from dwivae.dataset import noisy_copies
+
 from dwivae.errors import InputError
-from dwivae.latent import decode, encode, latent_influence, latent_statistics, latent_traversal
-from dwivae.simulate import random_tensors, tensor_signals
-from dwivae.training import train
+from dwivae.learn.dataset import noisy_copies
+from dwivae.learn.latent import decode, encode, latent_influence, latent_statistics, latent_traversal
+from dwivae.learn.training import train
+from dwivae.physics.simulate import random_tensors, tensor_signals
 
 
 @pytest.fixture(scope="module")
 def signals():
-    from dwivae.acquisition import seed32
+    from dwivae.physics.acquisition import seed32
     rng = np.random.default_rng(1)
     clean = tensor_signals(random_tensors(300, rng=rng), seed32())
     return noisy_copies(clean, np.array([0.0, 0.05, 0.1], np.float32), rng=rng)[0]
@@ -22,7 +22,7 @@ def signals():
 
 @pytest.fixture(scope="module")
 def vae():
-    from dwivae.acquisition import seed32
+    from dwivae.physics.acquisition import seed32
     return train(seed32(), arch="vae", seed=0, config=TINY_TRAINING)
 
 
@@ -60,7 +60,7 @@ def test_traversal_moves_one_latent_from_the_mean_code(vae, signals):
 
 
 def test_dae_has_no_posterior_variance(signals):
-    from dwivae.acquisition import seed32
+    from dwivae.physics.acquisition import seed32
     dae = train(seed32(), arch="dae", seed=0, config=TINY_TRAINING)
     stats = latent_statistics(dae, signals)
     assert np.all(np.isnan(stats.mean_sigma)) and np.all(np.isnan(stats.kl))

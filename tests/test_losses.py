@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dwivae.errors import InputError
-from dwivae.losses import beta_schedule, kl_divergence, reconstruction_loss
+from dwivae.learn.losses import beta_schedule, kl_divergence, reconstruction_loss
 
 
 def test_kl_closed_form_against_torch_distributions():

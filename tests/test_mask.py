@@ -4,11 +4,10 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import real_sample
 from scipy.ndimage import median_filter as scipy_median_filter
 
-from dwivae import mask
-
-from conftest import real_sample
+from dwivae.apply import mask
 
 
 @pytest.mark.parametrize("radius", [0, 1, 2, 4])
@@ -31,7 +30,7 @@ def test_median_filter_falls_back_to_scipy_without_the_kernel(monkeypatch):
 def test_mask_equals_dipy_median_otsu_on_real_data(name):
     from dipy.segment.mask import median_otsu
 
-    from dwivae.acquisition import load_acquisition
+    from dwivae.physics.acquisition import load_acquisition
 
     image, bval, bvec = real_sample(name)
     b0 = np.asarray(nib.load(image).dataobj, dtype=np.float32)[..., load_acquisition(bval, bvec).b0_mask].mean(axis=-1)

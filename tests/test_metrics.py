@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from dwivae.metrics import per_group, signal_errors, summary, tensor_errors
-from dwivae.tensorfit import fa, md
+from dwivae.compare.metrics import per_group, signal_errors, summary, tensor_errors
+from dwivae.physics.tensorfit import fa, md
 
 KEYS = {"signal_mse", "signal_mae", "D_mse", "D_mae", "fa_mae", "md_mae"}
 

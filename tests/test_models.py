@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dwivae.errors import InputError
-from dwivae.models import ModelConfig, build_model
+from dwivae.learn.models import ModelConfig, build_model
 
 
 def test_vae_shape_and_deterministic_inference():
@@ -47,11 +47,11 @@ def test_bad_config(kwargs, message):
 
 
 def test_torch_free_config_names_match_the_torch_modules():
-    # dwivae.config validates names without importing torch; models and losses implement them
-    from dwivae.config import ACTIVATION_NAMES, LOSSES
-    from dwivae.frozen import MODULE_NAMES
-    from dwivae.losses import RECONSTRUCTION_LOSSES
-    from dwivae.models import ACTIVATIONS
+    # dwivae.learn.config validates names without importing torch; models and losses implement them
+    from dwivae.learn.config import ACTIVATION_NAMES, LOSSES
+    from dwivae.learn.frozen import MODULE_NAMES
+    from dwivae.learn.losses import RECONSTRUCTION_LOSSES
+    from dwivae.learn.models import ACTIVATIONS
 
     assert set(ACTIVATIONS) == set(ACTIVATION_NAMES) == set(MODULE_NAMES)
     assert all(ACTIVATIONS[name].__name__ == MODULE_NAMES[name] for name in ACTIVATION_NAMES)

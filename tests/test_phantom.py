@@ -9,8 +9,8 @@ import pytest
 
 from dwivae.cli import main
 from dwivae.errors import InputError
-from dwivae.phantom import S0, make_phantom
-from dwivae.tensorfit import fa, fit_tensor
+from dwivae.physics.phantom import S0, make_phantom
+from dwivae.physics.tensorfit import fa, fit_tensor
 
 SHAPE = (24, 24, 12)
 
@@ -83,8 +83,8 @@ def test_phantom_command(tmp_path, capsys):
 
 
 def test_realistic_phantom_has_every_tissue_partial_volume_and_both_crossings():
-    from dwivae.acquisition import seed32
-    from dwivae.phantom import make_realistic_phantom
+    from dwivae.physics.acquisition import seed32
+    from dwivae.physics.phantom import make_realistic_phantom
 
     acq = seed32()
     a = make_realistic_phantom(acq, shape=(32, 32, 16), snr=20, seed=3)

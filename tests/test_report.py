@@ -10,14 +10,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import real_sample
-from dwivae.acquisition import load_acquisition
-from dwivae.checkpoint import save_model
+
+from dwivae.apply.denoise_file import denoise_file
 from dwivae.cli import main
-from dwivae.denoise import denoise_file
-from dwivae.gallery import changed_voxels, volume_figures
-from dwivae.report import build_report
+from dwivae.learn.checkpoint import save_model
+from dwivae.physics.acquisition import load_acquisition
+from dwivae.show.gallery import changed_voxels, volume_figures
+from dwivae.show.report import build_report
 
 ARTIFACTS = Path(os.environ.get("DWIVAE_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking")

@@ -3,8 +3,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dwivae.simulate import (STUDY_NOISE_LEVELS, add_gaussian_noise, b_matrix, random_rotations,
-                             random_tensors, study_grid, tensor_signals)
+from dwivae.physics.simulate import (
+    STUDY_NOISE_LEVELS,
+    add_gaussian_noise,
+    b_matrix,
+    random_rotations,
+    random_tensors,
+    study_grid,
+    tensor_signals,
+)
 
 
 def test_study_noise_levels():
@@ -80,7 +87,7 @@ def test_noise_has_requested_sigma_and_no_negatives():
 def test_rician_noise_has_the_right_mean_and_second_moment():
     from scipy.stats import rice
 
-    from dwivae.simulate import add_noncentral_chi_noise
+    from dwivae.physics.simulate import add_noncentral_chi_noise
     nu, sigma = 0.3, 0.1
     noisy = add_noncentral_chi_noise(np.full((200_000, 1), nu), sigma, rng=np.random.default_rng(0))
     assert noisy.mean() == pytest.approx(rice(nu / sigma, scale=sigma).mean(), rel=3e-3)
@@ -88,7 +95,7 @@ def test_rician_noise_has_the_right_mean_and_second_moment():
 
 
 def test_noncentral_chi_second_moment_grows_with_coils():
-    from dwivae.simulate import add_noncentral_chi_noise
+    from dwivae.physics.simulate import add_noncentral_chi_noise
     nu, sigma, coils = 0.5, 0.05, 8
     noisy = add_noncentral_chi_noise(np.full((100_000, 1), nu), sigma, coils=coils, rng=np.random.default_rng(1))
     # sum of squares over n channels of S/sqrt(n) + complex noise: E[M²] = S² + 2 n sigma²
@@ -99,8 +106,8 @@ def test_ball_and_sticks_matches_dipy():
     from dipy.core.gradients import gradient_table
     from dipy.sims.voxel import sticks_and_ball
 
-    from dwivae.acquisition import Acquisition
-    from dwivae.simulate import ball_and_sticks_signals
+    from dwivae.physics.acquisition import Acquisition
+    from dwivae.physics.simulate import ball_and_sticks_signals
     rng = np.random.default_rng(3)
     bvecs = rng.standard_normal((40, 3))
     bvecs /= np.linalg.norm(bvecs, axis=1, keepdims=True)
@@ -117,7 +124,7 @@ def test_ball_and_sticks_matches_dipy():
 
 
 def test_random_ball_and_sticks_parameters():
-    from dwivae.simulate import random_ball_and_sticks
+    from dwivae.physics.simulate import random_ball_and_sticks
     p = random_ball_and_sticks(5000, rng=np.random.default_rng(0))
     total = p["fractions"].sum(axis=1)
     assert total.min() >= 0.2 - 1e-9 and total.max() <= 0.8 + 1e-9

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from dwivae.apply.spatial import neighbourhood_average, smooth_codes
 from dwivae.errors import InputError
-from dwivae.spatial import neighbourhood_average, smooth_codes
 
 
 def two_regions(noise: float, seed: int = 0):

@@ -6,8 +6,17 @@ import pytest
 from dipy.core.gradients import gradient_table
 from dipy.reconst.dti import TensorModel
 
-from dwivae.tensorfit import (design_matrix, eigen, fa, fit_tensor, from_dipy_lower, md, tensor_signal,
-                              to_dipy_lower, to_matrix)
+from dwivae.physics.tensorfit import (
+    design_matrix,
+    eigen,
+    fa,
+    fit_tensor,
+    from_dipy_lower,
+    md,
+    tensor_signal,
+    to_dipy_lower,
+    to_matrix,
+)
 
 
 def _protocol(rng: np.random.Generator, *, b0: float = 50.0) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +178,7 @@ def test_underdetermined_protocols_are_refused(n_dirs):
 
 
 def test_large_inputs_are_fitted_in_chunks(monkeypatch):
-    import dwivae.tensorfit as tensorfit
+    import dwivae.physics.tensorfit as tensorfit
 
     rng = np.random.default_rng(11)
     bvals, bvecs = _protocol(rng)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dwivae import kernel
-from dwivae.compiled_step import CompiledStep
 from dwivae.errors import InputError
-from dwivae.models import ModelConfig, build_model
-from dwivae.training import AutogradStep, TrainConfig, make_step, reconstruct, train
+from dwivae.kernels import bindings as kernel
+from dwivae.learn.compiled_step import CompiledStep
+from dwivae.learn.models import ModelConfig, build_model
+from dwivae.learn.training import AutogradStep, TrainConfig, make_step, reconstruct, train
 
 
 def _weights(model):
@@ -50,7 +50,7 @@ def test_training_lowers_test_error(acq, tiny_config):
     assert last < first
     # Even a second of training must beat the noisy input on noisy signals.
     rng = np.random.default_rng(0)
-    from dwivae.dataset import simulate_split
+    from dwivae.learn.dataset import simulate_split
     split = simulate_split(acq, seed=0, atoms="random", n_atoms=4000)
     noisy = np.maximum(split.test_clean + 0.3 * rng.standard_normal(split.test_clean.shape), 0).astype(np.float32)
     denoised = reconstruct(model.network, noisy)
@@ -100,7 +100,7 @@ def test_cosine_schedule_decays_to_a_hundredth():
 
 @pytest.mark.parametrize("noise, coils", [("rician", 1), ("nc-chi", 4)])
 def test_training_noise_matches_the_model(noise, coils):
-    from dwivae.training import noisy_batch
+    from dwivae.learn.training import noisy_batch
     config = TrainConfig(samples_per_epoch=1000, noise=noise, coils=coils, snr_range=(10, 10))
     clean = torch.full((100_000, 2), 0.4)
     sigma = torch.full((100_000, 1), 0.1)
@@ -138,9 +138,9 @@ def test_online_simulation_draws_fresh_atoms_reproducibly(acq, tiny_config):
 
 
 def test_a_128_volume_three_shell_protocol_trains_and_denoises(tiny_config):
-    from dwivae.acquisition import Acquisition
-    from dwivae.denoise import denoise
-    from dwivae.phantom import make_phantom
+    from dwivae.apply.denoise import denoise
+    from dwivae.physics.acquisition import Acquisition
+    from dwivae.physics.phantom import make_phantom
     rng = np.random.default_rng(0)
     bvecs = rng.standard_normal((128, 3))
     bvecs /= np.linalg.norm(bvecs, axis=1, keepdims=True)
@@ -157,8 +157,8 @@ def test_a_128_volume_three_shell_protocol_trains_and_denoises(tiny_config):
 
 
 def test_normalising_by_the_noisy_b0_mean(acq, tiny_config):
-    from dwivae.simulate import add_noncentral_chi_noise, random_tensors, tensor_signals
-    from dwivae.training import model_output, normalise_by_noisy_b0
+    from dwivae.learn.training import model_output, normalise_by_noisy_b0
+    from dwivae.physics.simulate import add_noncentral_chi_noise, random_tensors, tensor_signals
     with pytest.raises(InputError, match="unknown normalisation"):
         TrainConfig(normalise="max")
     with pytest.raises(InputError, match="needs an SNR range"):

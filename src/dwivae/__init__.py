@@ -15,12 +15,12 @@ from __future__ import annotations
 import importlib
 
 from dwivae._version import __version__
-from dwivae.acquisition import Acquisition, builtin_protocol, load_acquisition
-from dwivae.checkpoint import load_frozen, load_model, save_model
-from dwivae.config import TrainConfig
-from dwivae.denoise import denoise
+from dwivae.apply.denoise import denoise
+from dwivae.learn.checkpoint import load_frozen, load_model, save_model
+from dwivae.learn.config import TrainConfig
+from dwivae.physics.acquisition import Acquisition, builtin_protocol, load_acquisition
 
-_NEED_TORCH = {"train": "dwivae.training", "TrainedModel": "dwivae.training"}
+_NEED_TORCH = {"train": "dwivae.learn.training", "TrainedModel": "dwivae.learn.training"}
 
 __all__ = ["Acquisition", "TrainConfig", "TrainedModel", "__version__", "builtin_protocol", "denoise",
            "load_acquisition", "load_frozen", "load_model", "save_model", "train"]

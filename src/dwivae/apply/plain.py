@@ -1,0 +1,62 @@
+"""The plain ``dwivae denoise``: a model matched to the data's protocol and noise, then grouping.
+
+With no model given, the command trains a VAE for the data's own protocol on signals drawn afresh
+(random tensors and ball-and-sticks), with the data's kind of noise (Rician, or noncentral chi
+for ``coils`` > 1) over its measured SNR range widened to powers of 2, or takes the one cached for
+the same; then it estimates every voxel by :func:`dwivae.apply.grouping.grouped_estimate`, b0 volumes
+included. The benchmark scores the same path as the method ``dwivae``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from dwivae.apply.grouping import DEFAULT_GROUP
+from dwivae.learn.checkpoint import cached_model_path, load_or_train
+from dwivae.learn.training import PRESETS, TrainedModel
+from dwivae.physics.acquisition import Acquisition
+from dwivae.physics.noise import SIGMA_METHODS, sigma_method, snr_range
+
+
+def matched_model(acq: Acquisition, data: np.ndarray, mask: np.ndarray, *, coils: int = 1, arch: str = "vae",
+                  seed: int = 0, log: Callable[[str], None] = lambda line: None) -> tuple[TrainedModel, Path]:
+    """The model of the plain command for ``data`` (X, Y, Z, N; an array, or an image's data object
+    of which only the b0 volumes and the slices of the noise estimate are read): trained, or read
+    from the cache.
+
+    Returns
+    -------
+    model : TrainedModel
+    path : Path
+        Its directory in the cache.
+    """
+    sigma, (low, high) = snr_range(data, acq, mask)
+    log(f"sigma {sigma:.4g} from the {SIGMA_METHODS[sigma_method()]}; SNR range {low:.3g}-{high:.3g}")
+    low, high = 2.0 ** math.floor(math.log2(low)), 2.0 ** math.ceil(math.log2(high))
+    noise = "rician" if coils == 1 else "nc-chi"
+    config = replace(PRESETS["default"], atoms="mixed", fresh_atoms=True, noise=noise, coils=coils,
+                     snr_range=(low, high))
+    tag = f"{noise}{coils}-snr{low:g}-{high:g}"
+    cached = cached_model_path(acq, arch=arch, latent=7, seed=seed, tag=tag)
+    log(f"using the cached {arch} for {acq.describe()} in {cached}" if cached.exists() else
+        f"training a {arch} for {acq.describe()}, {noise} noise, SNR {low:g}-{high:g} (cached in {cached})")
+    return load_or_train(acq, arch=arch, seed=seed, config=config, tag=tag)
+
+
+def plain_denoise(data: np.ndarray, acq: Acquisition, mask: np.ndarray, *, coils: int = 1, seed: int = 0,
+                  log: Callable[[str], None] = lambda line: None) -> np.ndarray:
+    """What ``dwivae denoise IN --out OUT`` writes for ``data`` in ``mask``, held in memory.
+
+    Returns
+    -------
+    (X, Y, Z, N) ndarray, float32
+    """
+    from dwivae.apply.denoise import denoise
+
+    data = np.asarray(data, dtype=np.float32)
+    model, _ = matched_model(acq, data, mask, coils=coils, seed=seed, log=log)
+    return denoise(data, acq, model, mask=mask, pooling=DEFAULT_GROUP, coils=coils, denoise_b0=True, context=False)

@@ -1,0 +1,2 @@
+"""What a person looks at: the study's figures and the HTML report.
+"""
