@@ -26,7 +26,7 @@ import numpy as np
 from dwivae.apply.denoise import denoise
 from dwivae.compare.baselines import run_method
 from dwivae.compare.benchmark import dti_fit
-from dwivae.learn.checkpoint import load_or_train
+from dwivae.learn.cache import load_or_train
 from dwivae.learn.context import train_context
 from dwivae.learn.training import PRESETS, train
 from dwivae.physics.acquisition import load_acquisition

@@ -74,3 +74,9 @@ def test_every_subpackage_says_what_it_owns():
     for package in [m for m, p in _modules().items() if p.name == "__init__.py" and m != "dwivae"]:
         doc = ast.get_docstring(ast.parse(_modules()[package].read_text()))
         assert doc and len(doc.split()) >= 8, f"{package} has no docstring saying what it owns"
+
+
+def test_no_module_outgrows_what_a_reader_takes_in_at_once():
+    """One responsibility per module: ~400 lines at most (DESIGN.md)."""
+    long = {module: n for module, path in _modules().items() if (n := len(path.read_text().splitlines())) > 450}
+    assert not long, f"modules over 450 lines: {long}"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dwivae.apply.grouping import DEFAULT_GROUP
-from dwivae.learn.checkpoint import cached_model_path, load_or_train
+from dwivae.learn.cache import cached_model_path, load_or_train
 from dwivae.learn.training import PRESETS, TrainedModel
 from dwivae.physics.acquisition import Acquisition
 from dwivae.physics.noise import SIGMA_METHODS, sigma_method, snr_range

@@ -21,7 +21,7 @@ from dwivae import io
 from dwivae._version import __version__
 from dwivae.compare.baselines import METHODS, mean_shift, run_method
 from dwivae.errors import InputError
-from dwivae.learn.checkpoint import load_or_train
+from dwivae.learn.cache import load_or_train
 from dwivae.learn.training import TrainedModel
 from dwivae.physics.acquisition import Acquisition, load_acquisition
 from dwivae.physics.noise import remove_noise_floor

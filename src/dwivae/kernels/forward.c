@@ -5,14 +5,13 @@
  * blocks in AVX registers), so that every layer is, for each output feature j,
  * acc[0..TILE) = b[j] + sum_i W[j, i] * a[i][0..TILE): broadcast-FMA over whole vector registers,
  * with the tile's activations staying in L1 from the first layer to the last. Activations use a
- * polynomial exp (relative error ~1e-7, simd.h). The next tile's rows are prefetched: rows read
- * from memory cost ~13 % against rows in cache, and the prefetch wins back 3 % of it.
+ * polynomial exp (relative error ~1e-7, simd.h). The next tile's rows are prefetched.
  */
 #include <stdlib.h>
 
 #include "simd.h"
 
-#define STREAM_BYTES (8 << 20)     /* outputs from this size on bypass the cache (a quarter of L3 here) */
+#define STREAM_BYTES (8 << 20)     /* outputs from this size on bypass the cache */
 
 /* Samples s0.. (m of them, rows of width n_in) into the feature-major tile t (row i: TILE samples). */
 static inline void tile_in(float *t, const float *x, int64_t s0, int m, int n_in) {
@@ -33,8 +32,7 @@ static inline void tile_in(float *t, const float *x, int64_t s0, int m, int n_in
 
 /* The tile's first m samples back into rows of width n_out. With stream set (whole tiles, y on a
  * 32-byte boundary, n_out a multiple of 8), the rows are put together in L1 and written with
- * non-temporal stores, whole cache lines that skip the read for ownership: for outputs far larger
- * than the cache, 4 % more voxels/s. */
+ * non-temporal stores, whole cache lines that skip the read for ownership. */
 static inline void tile_out(float *y, const float *t, int64_t s0, int m, int n_out, int stream, v8 *rows) {
     int i0 = 0;
 #if defined(__AVX__)
@@ -66,8 +64,8 @@ static inline void tile_out(float *y, const float *t, int64_t s0, int m, int n_o
  *
  * Rows are taken chunk at a time (rounded up to whole tiles) from the counter *next, atomically,
  * until it passes n: threads that call this with the same counter share the rows out as they go,
- * so that one held up by another job on its core leaves the rest to the others (splitting the rows
- * in equal halves lost up to 25 % on this shared machine). widths has n_layers + 1 entries; params
+ * so that one held up by another job on its core leaves the rest to the others (measurements in
+ * docs/performance.md). widths has n_layers + 1 entries; params
  * holds, layer after layer, W (n_out x n_in, row-major) then b (n_out); acts has one code per
  * layer. Returns 0, -1 if a layer is wider than MAXW, or -2 if its buffers could not be allocated.
  */

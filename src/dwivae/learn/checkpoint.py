@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -252,52 +251,6 @@ def load_frozen(path: str | PathLike[str]) -> FrozenModel | None:
     model = FrozenModel(files.model_config, files.train_config, files.acquisition, files.weights,
                         files.context_config)
     return model if model.compiled() is not None else None
-
-
-def cache_dir() -> Path:
-    """Where models trained on the fly are kept: ``$DWIVAE_CACHE``, else the user cache folder."""
-    if os.environ.get("DWIVAE_CACHE"):
-        return Path(os.environ["DWIVAE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dwivae" / "models"
-
-
-def cached_model_path(acq: Acquisition, *, arch: str, latent: int, seed: int, tag: str = "") -> Path:
-    """The cache directory of the model for this protocol, architecture, latent size, seed and
-    ``tag`` (what else sets its training, e.g. the noise it was matched to)."""
-    return cache_dir() / f"{acq.fingerprint()}-{arch}-latent{latent}-seed{seed}{'-' + tag if tag else ''}"
-
-
-def load_or_train(
-    acq: Acquisition,
-    *,
-    arch: str = "vae",
-    latent: int = 7,
-    seed: int = 0,
-    config: TrainConfig | None = None,
-    callback: Callable[[dict], None] | None = None,
-    tag: str = "",
-) -> tuple[TrainedModel, Path]:
-    """A model for ``acq`` from the cache, trained and cached first if there is none.
-
-    Models are keyed by the protocol's fingerprint, the architecture, the latent size, the seed and
-    ``tag`` (which must name whatever ``config`` sets), so a second run on data of the same
-    protocol reuses the first run's model.
-
-    Returns
-    -------
-    model : TrainedModel
-    path : Path
-        Its directory in the cache.
-    """
-    path = cached_model_path(acq, arch=arch, latent=latent, seed=seed, tag=tag)
-    if (path / METADATA).is_file():
-        return load_model(path), path
-    from dwivae.learn.training import train
-
-    model = train(acq, arch=arch, latent=latent, seed=seed, config=config, callback=callback)
-    save_model(model, path, force=True)
-    return model, path
 
 
 def model_fingerprint(model: TrainedModel | FrozenModel) -> str:
