@@ -23,8 +23,8 @@ COMMANDS = {module.__name__.rsplit(".", 1)[1]: module for module in
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = Parser(prog="dwivae", description="Denoise diffusion-weighted MRI with an autoencoder trained on simulated "
-                    "diffusion signals, and compare it with the peers.")
+    parser = Parser(prog="dwivae", description="Denoise diffusion-weighted MRI with an autoencoder trained on "
+                    "simulated diffusion signals, and compare it with the peers.")
     parser.add_argument("--version", action="version", version=f"dwivae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():

@@ -10,8 +10,8 @@ from dwivae.cli.common import COUNT, GROUP, POSITIVE, named_models, number, refu
 from dwivae.errors import InputError
 from dwivae.kernels.bindings import default_threads
 
-HELP = 'score denoisers on phantoms against the ground truth (FA, MD, direction, RMSE)'
-EXAMPLE = 'dwivae benchmark --phantom phantoms/seed32_snr20 --methods vae dae mppca dwidenoise --out bench/'
+HELP = "score denoisers on phantoms against the ground truth (FA, MD, direction, RMSE)"
+EXAMPLE = "dwivae benchmark --phantom phantoms/seed32_snr20 --methods vae dae mppca dwidenoise --out bench/"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Run `dwivae benchmark` with the parsed ``args``."""
     from dwivae.compare.baselines import METHODS
     from dwivae.compare.benchmark import format_markdown, run_benchmark, write_results
     from dwivae.learn.checkpoint import load_model

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from dwivae.cli.common import number
 
-HELP = "train a VAE and a DAE for DIPY's in-vivo sample, denoise it with both, draw it"
-EXAMPLE = 'dwivae demo --out demo_out'
+HELP = ("denoise a realistic phantom (with its truth) and DIPY's in-vivo sample with dwivae and the peers, and "
+        "write the report")
+EXAMPLE = "dwivae demo --out demo_out"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Run `dwivae demo` with the parsed ``args``."""
     from dwivae.compare.demo import run_demo
 
     run_demo(args.out, seed=args.seed, force=args.force)

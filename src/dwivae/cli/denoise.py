@@ -1,4 +1,4 @@
-"""`dwivae denoise`: denoise a 4D diffusion NIfTI with a trained model."""
+"""`dwivae denoise`: denoise a 4D diffusion NIfTI (the plain command, or with a given model)."""
 from __future__ import annotations
 
 import argparse
@@ -11,8 +11,11 @@ from dwivae.cli.common import COUNT, GROUP, POSITIVE, number
 from dwivae.errors import InputError
 from dwivae.learn.config import ARCHITECTURES
 
-HELP = 'denoise a 4D diffusion NIfTI with a trained model'
-EXAMPLE = 'dwivae denoise dwi.nii.gz --bvals dwi.bval --bvecs dwi.bvec --model models/vae32 --out dwi_vae.nii.gz\n  dwivae denoise sub-01_dwi.nii.gz --train --out sub-01_desc-denoised_dwi.nii.gz'
+HELP = ("denoise a 4D diffusion NIfTI: with no --model, by a VAE trained for its protocol and noise (cached), "
+        "voxels grouped by latent codes, noise floor removed")
+EXAMPLE = ("dwivae denoise sub-01_dwi.nii.gz --out sub-01_desc-denoised_dwi.nii.gz\n"
+           "  dwivae denoise dwi.nii.gz --bvals dwi.bval --bvecs dwi.bvec --coils 4 --out dwi_denoised.nii.gz\n"
+           "  dwivae denoise dwi.nii.gz --model models/vae32 --out dwi_vae.nii.gz")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bias-correct", action="store_true",
                    help="remove the Rician / noncentral-chi noise floor from the output (models trained on "
                         "Gaussian noise, the default); noise level from --sigma or the MP-PCA noise estimate")
-    p.add_argument("--sigma", type=POSITIVE, help="noise standard deviation per channel, for --nonlocal, --bias-correct "
+    p.add_argument("--sigma", type=POSITIVE,
+                   help="noise standard deviation per channel, for --nonlocal, --bias-correct "
                    "and --spatial (scanner units; default: the Marchenko-Pastur estimate of MP-PCA in the mask)")
     p.add_argument("--coils", type=COUNT, default=1,
                    help="receive coils combined by root sum of squares, for the plain command, --nonlocal, "
@@ -59,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Run `dwivae denoise` with the parsed ``args``."""
     from dwivae import io
     from dwivae.apply.denoise_file import denoise_file, output_paths
     from dwivae.apply.estimate import check_protocol

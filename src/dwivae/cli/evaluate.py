@@ -8,7 +8,7 @@ from dwivae.cli.common import named_models, refuse_existing, write_json
 from dwivae.errors import InputError
 
 HELP = "score models on the held-out simulated split (the study's Table 2)"
-EXAMPLE = 'dwivae evaluate models/vae32 models/dae32 --out results/'
+EXAMPLE = "dwivae evaluate models/vae32 models/dae32 --out results/"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Run `dwivae evaluate` with the parsed ``args``."""
     from dwivae.compare.evaluation import evaluate, format_table
     from dwivae.learn.checkpoint import load_model
 

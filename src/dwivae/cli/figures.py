@@ -8,7 +8,8 @@ from pathlib import Path
 from dwivae.cli.common import figure_args, named_models
 
 HELP = "draw the study's figures for models and denoised outputs"
-EXAMPLE = 'dwivae figures models/vae32 models/dae32 models/vae32_latent10 --out figures/\n  dwivae figures models/vae32 --denoised dwi_vae.nii.gz dwi_dae.nii.gz --slices 22 94 --out figures/'
+EXAMPLE = ("dwivae figures models/vae32 models/dae32 models/vae32_latent10 --out figures/\n"
+           "  dwivae figures models/vae32 --denoised dwi_vae.nii.gz dwi_dae.nii.gz --slices 22 94 --out figures/")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Run `dwivae figures` with the parsed ``args``."""
     from dwivae.show.gallery import save_figures
 
     listing = save_figures(args.out, outputs=args.denoised, models=named_models(args.models),

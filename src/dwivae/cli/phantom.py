@@ -10,8 +10,10 @@ from dwivae.errors import InputError
 from dwivae.physics.phantom import TISSUES
 from dwivae.physics.simulate import NOISE_KINDS
 
-HELP = 'simulate a brain-like phantom with ground truth (tensors, fibres, tissue labels)'
-EXAMPLE = 'dwivae phantom --protocol seed32 --shape 96 96 50 --snr 20 --noise rician --out phantoms/seed32_snr20\n  dwivae phantom --bvals dwi.bval --bvecs dwi.bvec --tissue realistic --noise nc-chi --coils 4 --out phantoms/realistic'
+HELP = "simulate a brain-like phantom with ground truth (tensors, fibres, tissue labels)"
+EXAMPLE = ("dwivae phantom --protocol seed32 --shape 96 96 50 --snr 20 --noise rician --out phantoms/seed32_snr20\n"
+           "  dwivae phantom --bvals dwi.bval --bvecs dwi.bvec --tissue realistic --noise nc-chi --coils 4 "
+           "--out phantoms/realistic")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Run `dwivae phantom` with the parsed ``args``."""
     from dwivae.physics.phantom import (
         make_phantom,
         make_realistic_phantom,

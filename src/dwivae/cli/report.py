@@ -7,8 +7,9 @@ from pathlib import Path
 from dwivae.cli.common import figure_args, named_models
 from dwivae.errors import InputError
 
-HELP = 'write a self-contained HTML report of denoised outputs'
-EXAMPLE = 'dwivae report dwi_vae.nii.gz dwi_dae.nii.gz --out report.html\n  dwivae report dwi_vae.nii.gz --models models/vae32_nokl --out report.html'
+HELP = "write a self-contained HTML report of denoised outputs"
+EXAMPLE = ("dwivae report dwi_vae.nii.gz dwi_dae.nii.gz --out report.html\n"
+           "  dwivae report dwi_vae.nii.gz --models models/vae32_nokl --out report.html")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Run `dwivae report` with the parsed ``args``."""
     from dwivae.show.report import build_report
 
     peers = {p.name.removesuffix(".gz").removesuffix(".nii"): p for p in args.peers}

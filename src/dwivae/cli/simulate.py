@@ -7,8 +7,8 @@ from pathlib import Path
 from dwivae.cli.common import COUNT, acquisition, number, protocol_args, refuse_existing
 from dwivae.learn.config import ATOM_SOURCES
 
-HELP = 'simulate clean tensor signals and noisy copies for a protocol'
-EXAMPLE = 'dwivae simulate --protocol seed32 --out sims/seed32'
+HELP = "simulate clean tensor signals and noisy copies for a protocol"
+EXAMPLE = "dwivae simulate --protocol seed32 --out sims/seed32"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,12 +18,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the study's tensor grid, random physiological tensors, random ball-and-sticks "
                         "(1-3 sticks) or half tensors, half sticks (default: grid)")
     p.add_argument("--n-atoms", type=COUNT, default=500_000, help="number of random atoms")
-    p.add_argument("--sigma", type=number(float, 0.0), nargs="+", help="noise standard deviations (default: the study's 31)")
+    p.add_argument("--sigma", type=number(float, 0.0), nargs="+",
+                   help="noise standard deviations (default: the study's 31)")
     p.add_argument("--seed", type=number(int, 0), default=0)
     p.add_argument("--out", type=Path, required=True, help="output directory")
 
 
 def run(args: argparse.Namespace) -> None:
+    """Run `dwivae simulate` with the parsed ``args``."""
     from dwivae.learn.dataset import save_simulation
 
     acq = acquisition(args)

@@ -11,8 +11,11 @@ from dwivae.errors import InputError
 from dwivae.learn.config import ARCHITECTURES, ATOM_SOURCES, LOSSES, NORMALISATIONS, PRESETS
 from dwivae.physics.simulate import NOISE_KINDS
 
-HELP = 'train a VAE or DAE on simulated signals for a protocol'
-EXAMPLE = 'dwivae train --protocol seed32 --arch vae --out models/vae32\n  dwivae train --bvals dwi.bval --bvecs dwi.bvec --arch dae --seed 1 --out models/dae\n  dwivae train --bvals dwi.bval --bvecs dwi.bvec --atoms mixed --fresh-atoms --noise rician --snr-from dwi.nii.gz --context --out models/vae_context'
+HELP = "train a VAE or DAE on simulated signals for a protocol"
+EXAMPLE = ("dwivae train --protocol seed32 --arch vae --out models/vae32\n"
+           "  dwivae train --bvals dwi.bval --bvecs dwi.bvec --arch dae --seed 1 --out models/dae\n"
+           "  dwivae train --bvals dwi.bval --bvecs dwi.bvec --atoms mixed --fresh-atoms --noise rician "
+           "--snr-from dwi.nii.gz --context --out models/vae_context")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Run `dwivae train` with the parsed ``args``."""
     from tqdm import tqdm
 
     from dwivae.learn.checkpoint import save_model
