@@ -19,6 +19,21 @@ def phantom_dir(tmp_path):
     return out
 
 
+def test_the_benchmark_fits_tensors_as_dipy_does(phantom_dir):
+    """One tensor fit for the benchmark, the report and the evaluation, equal to DIPY's WLS fit."""
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dti import TensorModel
+
+    ph = load_phantom(phantom_dir)
+    mask, acq = ph["labels"] > 0, ph["acq"]
+    ours = dti_fit(ph["noisy"], acq, mask)
+    gtab = gradient_table(acq.bvals, bvecs=acq.bvecs, b0_threshold=acq.b0_threshold)
+    theirs = TensorModel(gtab, fit_method="WLS").fit(ph["noisy"][mask])
+    np.testing.assert_allclose(ours["fa"], np.nan_to_num(theirs.fa), atol=1e-5)
+    np.testing.assert_allclose(ours["md"], theirs.md, rtol=1e-5, atol=1e-10)
+    assert np.abs(np.sum(ours["v1"] * theirs.evecs[..., 0], axis=-1)).min() > 0.999
+
+
 def test_clean_scores_zero_and_noise_scores_worse(phantom_dir):
     ph = load_phantom(phantom_dir)
     mask = ph["labels"] > 0
