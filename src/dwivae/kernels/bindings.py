@@ -120,6 +120,33 @@ def _cpu_signature() -> str:
         return platform.processor()
 
 
+class TrainData(ctypes.Structure):
+    """train_step.h's ``TrainData``: the samples of :func:`dwivae_train_steps` and their order."""
+
+    _fields_ = [("x", ctypes.POINTER(ctypes.c_float)), ("y", ctypes.POINTER(ctypes.c_float)),
+                ("eps", ctypes.POINTER(ctypes.c_float)), ("x_rows", ctypes.c_int64), ("y_rows", ctypes.c_int64),
+                ("first_sample", ctypes.c_int64), ("first_step", ctypes.c_int64), ("n_steps", ctypes.c_int64),
+                ("batch", ctypes.c_int64), ("shuffle_key", ctypes.c_uint64), ("seed", ctypes.c_uint64),
+                ("shuffled", ctypes.c_int), ("eps_mode", ctypes.c_int)]
+
+
+class TrainNet(ctypes.Structure):
+    """train_step.h's ``TrainNet``: the network and its loss."""
+
+    _fields_ = [("n_in", ctypes.POINTER(ctypes.c_int)), ("n_out", ctypes.POINTER(ctypes.c_int)),
+                ("n_layers", ctypes.c_int), ("n_enc", ctypes.c_int), ("vae", ctypes.c_int), ("act", ctypes.c_int),
+                ("loss", ctypes.c_int), ("slope", ctypes.c_float), ("kscale", ctypes.c_float),
+                ("divisor", ctypes.c_double)]
+
+
+class TrainAdam(ctypes.Structure):
+    """train_step.h's ``TrainAdam``: Adam's state, updated in place."""
+
+    _fields_ = [("params", ctypes.POINTER(ctypes.c_float)), ("m", ctypes.POINTER(ctypes.c_float)),
+                ("v", ctypes.POINTER(ctypes.c_float)), ("step", ctypes.c_int64), ("lr", ctypes.c_double),
+                ("beta1", ctypes.c_double), ("beta2", ctypes.c_double), ("eps", ctypes.c_double)]
+
+
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
     # The compiler is looked up on PATH, never taken from $CC: denoising a file must not run a
@@ -147,12 +174,11 @@ def _library() -> ctypes.CDLL | None:
     lib.dwivae_forward.argtypes = [f32, f32, f32, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64,
                                    ctypes.c_int, i32, f32, i32]
     lib.dwivae_forward.restype = ctypes.c_int
-    i64, f64 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_double)
-    c_int, c_i64, c_f, c_d = ctypes.c_int, ctypes.c_int64, ctypes.c_float, ctypes.c_double
+    f64 = ctypes.POINTER(ctypes.c_double)
+    c_int, c_i64 = ctypes.c_int, ctypes.c_int64
     u64, u32p = ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint32)
-    lib.dwivae_train_steps.argtypes = [
-        f32, c_i64, f32, c_i64, c_int, u64, c_i64, f32, c_int, u64, c_i64, c_i64, c_i64, c_int, c_int, i32, i32,
-        c_int, c_int, c_f, c_int, c_f, c_d, f32, f32, f32, i64, c_d, c_d, c_d, c_d, c_int, f64]
+    lib.dwivae_train_steps.argtypes = [ctypes.POINTER(TrainData), ctypes.POINTER(TrainNet), ctypes.POINTER(TrainAdam),
+                                       c_int, f64]
     lib.dwivae_train_steps.restype = ctypes.c_int
     lib.dwivae_normals.argtypes = [u64, c_i64, c_i64, c_int, f32]
     lib.dwivae_normals.restype = None

@@ -208,31 +208,30 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-/* n_steps steps of Adam on batches of `batch` samples: x (x_rows x N) and y (y_rows x N), rows
- * in the order the top of this file says. params, adam_m, adam_v: the [W | b] blocks of every
- * layer (train_step.h), updated in place; *adam_step counts Adam's steps. The reconstruction
- * gradient is divided by `divisor`, the KL gradient scaled by kscale. sums[0] and sums[1] get the
- * reconstruction and KL sums added. Returns 0, -1 for sizes the kernel does not take, -2 when
- * out of memory.
+/* data->n_steps steps of Adam on batches of data->batch samples: x (x_rows x N) and y (y_rows x
+ * N), rows in the order the top of this file says. adam's params, m and v: the [W | b] blocks of
+ * every layer (train_step.h), updated in place; adam->step counts Adam's steps. The
+ * reconstruction gradient is divided by spec->divisor, the KL gradient scaled by spec->kscale.
+ * sums[0] and sums[1] get the reconstruction and KL sums added. Returns 0, -1 for sizes the kernel
+ * does not take, -2 when out of memory.
  */
-int dwivae_train_steps(const float *x, int64_t x_rows, const float *y, int64_t y_rows, int shuffled,
-                       uint64_t shuffle_key, int64_t first_sample, const float *eps, int eps_mode, uint64_t seed,
-                       int64_t first_step, int64_t n_steps, int64_t batch, int n_layers, int n_enc, const int *n_in,
-                       const int *n_out, int vae, int act, float slope, int loss, float kscale, double divisor,
-                       float *params, float *adam_m, float *adam_v, int64_t *adam_step, double lr, double beta1,
-                       double beta2, double adam_eps, int threads, double *sums) {
-    Loop L = {.x = x, .y = y, .eps = eps, .n_steps = n_steps, .batch = batch, .first_step = first_step,
-              .first_sample = first_sample, .shuffled = shuffled, .eps_mode = vae ? eps_mode : EPS_NONE,
-              .seed = seed, .params = params, .adam_m = adam_m, .adam_v = adam_v, .adam_step = *adam_step,
-              .lr = lr, .beta1 = beta1, .beta2 = beta2, .adam_eps = adam_eps, .divisor = divisor};
+int dwivae_train_steps(const TrainData *data, const TrainNet *spec, TrainAdam *adam, int threads, double *sums) {
+    const int64_t x_rows = data->x_rows, y_rows = data->y_rows, batch = data->batch, n_steps = data->n_steps;
+    const int n_layers = spec->n_layers;
+    Loop L = {.x = data->x, .y = data->y, .eps = data->eps, .n_steps = n_steps, .batch = batch,
+              .first_step = data->first_step, .first_sample = data->first_sample, .shuffled = data->shuffled,
+              .eps_mode = spec->vae ? data->eps_mode : EPS_NONE, .seed = data->seed, .params = adam->params,
+              .adam_m = adam->m, .adam_v = adam->v, .adam_step = adam->step, .lr = adam->lr, .beta1 = adam->beta1,
+              .beta2 = adam->beta2, .adam_eps = adam->eps, .divisor = spec->divisor};
     if (x_rows < 1 || x_rows >= ((int64_t)1 << 31) || y_rows < 1 || y_rows > x_rows || batch < 1 || n_steps < 0
-        || first_sample < 0 || first_sample + n_steps * batch > x_rows) return -1;
-    L.shuffle = shuffle_init(shuffle_key, (uint32_t)x_rows);
+        || data->first_sample < 0 || data->first_sample + n_steps * batch > x_rows) return -1;
+    L.shuffle = shuffle_init(data->shuffle_key, (uint32_t)x_rows);
     L.y_rows = (uint32_t)y_rows;
     L.y_mod = UINT64_MAX / L.y_rows + 1;
-    if (net_init(&L.net, n_layers, n_enc, n_in, n_out, vae, act, slope, loss, kscale) != 0) return -1;
+    if (net_init(&L.net, n_layers, spec->n_enc, spec->n_in, spec->n_out, spec->vae, spec->act, spec->slope, spec->loss,
+                 spec->kscale) != 0) return -1;
     if (batch * L.net.latent >= ((int64_t)1 << 31)) return -1;
-    if (L.eps_mode == EPS_GIVEN && !eps) return -1;
+    if (L.eps_mode == EPS_GIVEN && !data->eps) return -1;
     const int64_t tiles = (batch + TT - 1) / TT;
     L.chunk_tiles = (int)((tiles + MAX_CHUNKS - 1) / MAX_CHUNKS);
     if (L.chunk_tiles < CHUNK_TILES) L.chunk_tiles = CHUNK_TILES;
@@ -259,7 +258,7 @@ int dwivae_train_steps(const float *x, int64_t x_rows, const float *y, int64_t y
         work(&L, &workers[0]);
         for (int k = 1; k < threads; k++)
             if (workers[k].started) pthread_join(workers[k].thread, NULL);
-        *adam_step = L.adam_step;
+        adam->step = L.adam_step;
         sums[0] += L.sums[0];
         sums[1] += L.sums[1];
     }

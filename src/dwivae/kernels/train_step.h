@@ -28,6 +28,28 @@ typedef struct {
     v8 *gacc, *mask;
 } Tile;
 
+/* What dwivae_train_steps (train_loop.c) is given; dwivae.kernels.bindings mirrors these three
+ * structs field by field. */
+typedef struct {                  /* the samples and the order they are read in */
+    const float *x, *y, *eps;     /* x_rows x N, y_rows x N, (n_steps * batch) x latent or NULL */
+    int64_t x_rows, y_rows, first_sample, first_step, n_steps, batch;
+    uint64_t shuffle_key, seed;
+    int shuffled, eps_mode;
+} TrainData;
+
+typedef struct {                  /* the network and its loss */
+    const int *n_in, *n_out;      /* n_layers widths each */
+    int n_layers, n_enc, vae, act, loss;
+    float slope, kscale;          /* LeakyReLU's slope; the KL gradient's scale */
+    double divisor;               /* the reconstruction gradient is divided by this */
+} TrainNet;
+
+typedef struct {                  /* Adam's state, updated in place */
+    float *params, *m, *v;        /* [W | b] blocks of every layer */
+    int64_t step;
+    double lr, beta1, beta2, eps;
+} TrainAdam;
+
 int net_init(Net *net, int n_layers, int n_enc, const int *n_in, const int *n_out, int vae, int act,
              float slope, int loss, float kscale);
 int tile_alloc(Tile *t, const Net *net);

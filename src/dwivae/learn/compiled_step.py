@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dwivae.kernels.bindings import ACTIVATION_CODES, MAX_WIDTH, default_threads, library
+from dwivae.kernels.bindings import (ACTIVATION_CODES, MAX_WIDTH, TrainAdam, TrainData, TrainNet, default_threads,
+                                     library)
 from dwivae.learn.losses import reconstruction_loss
 from dwivae.learn.models import Autoencoder
 
@@ -169,7 +170,7 @@ class CompiledStep:
         self.flat_aug = torch.empty(total)
         self.moment1 = torch.zeros_like(self.flat_aug)
         self.moment2 = torch.zeros_like(self.flat_aug)
-        self.adam_steps = ctypes.c_int64(0)
+        self.adam_steps = 0
         self._fn = lib.dwivae_train_steps
         self._n_in = np.array([n_in for n_in, _ in widths], dtype=np.int32)
         self._n_out = np.array([n_out for _, n_out in widths], dtype=np.int32)
@@ -224,14 +225,17 @@ class CompiledStep:
         sums = np.zeros(2)
         with torch.no_grad():
             torch.index_select(self.flat, 0, self.to_aug, out=self.flat_aug)
-            status = self._fn(
-                _pointer(x), len(x), _pointer(y), len(y), shuffle is not None, (shuffle or 0) & (2**64 - 1),
-                first_sample, _pointer(eps), mode, (seed or 0) & (2**64 - 1), first_step, n_steps, batch,
-                self.n_layers, self.n_enc, _pointer(self._n_in, ctypes.c_int), _pointer(self._n_out, ctypes.c_int),
-                int(self.vae), ACTIVATIONS[self.act], float(self.act_param), LOSSES[self.loss], float(kscale),
-                float(divisor), _pointer(self.flat_aug), _pointer(self.moment1), _pointer(self.moment2),
-                ctypes.byref(self.adam_steps), float(self.lr), self.beta1, self.beta2, self.eps,
-                int(self.lanes_wanted), _pointer(sums, ctypes.c_double))
+            data = TrainData(_pointer(x), _pointer(y), _pointer(eps), len(x), len(y), first_sample, first_step,
+                             n_steps, batch, (shuffle or 0) & (2**64 - 1), (seed or 0) & (2**64 - 1),
+                             shuffle is not None, mode)
+            net = TrainNet(_pointer(self._n_in, ctypes.c_int), _pointer(self._n_out, ctypes.c_int), self.n_layers,
+                           self.n_enc, int(self.vae), ACTIVATIONS[self.act], LOSSES[self.loss], float(self.act_param),
+                           float(kscale), float(divisor))
+            adam = TrainAdam(_pointer(self.flat_aug), _pointer(self.moment1), _pointer(self.moment2), self.adam_steps,
+                             float(self.lr), self.beta1, self.beta2, self.eps)
+            status = self._fn(ctypes.byref(data), ctypes.byref(net), ctypes.byref(adam), int(self.lanes_wanted),
+                              _pointer(sums, ctypes.c_double))
+            self.adam_steps = adam.step
             if status != 0:
                 raise RuntimeError(f"the compiled training step failed (status {status})")
             torch.index_select(self.flat_aug, 0, self.to_flat, out=self.flat)
