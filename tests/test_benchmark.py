@@ -26,9 +26,11 @@ def test_the_benchmark_fits_tensors_as_dipy_does(phantom_dir):
 
     ph = load_phantom(phantom_dir)
     mask, acq = ph["labels"] > 0, ph["acq"]
-    ours = dti_fit(ph["noisy"], acq, mask)
+    data = ph["noisy"].copy()
+    data[..., 5][data[..., 5] < np.median(data[..., 5])] = 0  # denoised data can hold zeros: clipped as DIPY does
+    ours = dti_fit(data, acq, mask)
     gtab = gradient_table(acq.bvals, bvecs=acq.bvecs, b0_threshold=acq.b0_threshold)
-    theirs = TensorModel(gtab, fit_method="WLS").fit(ph["noisy"][mask])
+    theirs = TensorModel(gtab, fit_method="WLS").fit(data[mask])
     np.testing.assert_allclose(ours["fa"], np.nan_to_num(theirs.fa), atol=1e-5)
     np.testing.assert_allclose(ours["md"], theirs.md, rtol=1e-5, atol=1e-10)
     assert np.abs(np.sum(ours["v1"] * theirs.evecs[..., 0], axis=-1)).min() > 0.999

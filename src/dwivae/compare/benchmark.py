@@ -44,12 +44,19 @@ def load_phantom(path: str | PathLike[str]) -> dict:
             "labels": np.rint(arrays["labels"]).astype(np.uint8)}
 
 
+DIPY_MIN_SIGNAL = 1e-4
+"""Signals are clipped below at this before the logarithm, in the data's units, as DIPY's tensor
+fit clips them (``dipy.reconst.dti.MIN_POSITIVE_SIGNAL``): denoised data can hold zeros."""
+
+
 def dti_fit(data: np.ndarray, acq: Acquisition, mask: np.ndarray) -> dict[str, np.ndarray]:
     """FA, MD (mm²/s) and principal eigenvector of the WLS tensor fit in ``mask``
-    (:func:`dwivae.physics.tensorfit.fit_tensor`, DIPY's ``TensorModel(fit_method="WLS")`` to 1e-6:
-    the report and the evaluation use the same fit)."""
+    (:func:`dwivae.physics.tensorfit.fit_tensor` with DIPY's ``MIN_POSITIVE_SIGNAL``: DIPY's
+    ``TensorModel(fit_method="WLS")`` to 1e-6, zeros in the data included; the report and the
+    evaluation use the same fit)."""
     bvecs = np.where(np.isfinite(acq.bvecs), acq.bvecs, 0.0)
-    tensors, _ = tensorfit.fit_tensor(np.asarray(data[mask], dtype=np.float64), acq.bvals, bvecs, method="wls")
+    tensors, _ = tensorfit.fit_tensor(np.asarray(data[mask], dtype=np.float64), acq.bvals, bvecs, method="wls",
+                                      min_signal=DIPY_MIN_SIGNAL)
     return {"fa": np.nan_to_num(tensorfit.fa(tensors)), "md": tensorfit.md(tensors),
             "v1": tensorfit.eigen(tensors)[1][..., :, 0]}
 
