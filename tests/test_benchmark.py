@@ -28,11 +28,14 @@ def test_the_benchmark_fits_tensors_as_dipy_does(phantom_dir):
     mask, acq = ph["labels"] > 0, ph["acq"]
     data = ph["noisy"].copy()
     data[..., 5][data[..., 5] < np.median(data[..., 5])] = 0  # denoised data can hold zeros: clipped as DIPY does
+    still = np.random.default_rng(0).normal(1000, 30, (4, data.shape[-1]))  # no diffusion, as oil: MD ~ 0,
+    data[np.nonzero(mask)[0][:4], np.nonzero(mask)[1][:4], np.nonzero(mask)[2][:4]] = still  # negative eigenvalues
     ours = dti_fit(data, acq, mask)
     gtab = gradient_table(acq.bvals, bvecs=acq.bvecs, b0_threshold=acq.b0_threshold)
     theirs = TensorModel(gtab, fit_method="WLS").fit(data[mask])
-    np.testing.assert_allclose(ours["fa"], np.nan_to_num(theirs.fa), atol=1e-5)
-    np.testing.assert_allclose(ours["md"], theirs.md, rtol=1e-5, atol=1e-10)
+    np.testing.assert_allclose(ours["fa"][4:], np.nan_to_num(theirs.fa)[4:], atol=1e-5)
+    np.testing.assert_allclose(ours["fa"][:4], np.nan_to_num(theirs.fa)[:4], atol=1e-3)  # FA of tensors near 0
+    np.testing.assert_allclose(ours["md"], theirs.md, rtol=1e-5, atol=1e-9)
     assert np.abs(np.sum(ours["v1"] * theirs.evecs[..., 0], axis=-1)).min() > 0.999
 
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY_TRAINING
 
 from dwivae.apply.denoise import denoise
-from dwivae.apply.grouping import grouped_estimate, project_group, remove_floor_by_shell
+from dwivae.apply.grouping import LOWEST_SIGNAL, grouped_estimate, project_group, remove_floor_by_shell
 from dwivae.compare.benchmark import dti_fit
 from dwivae.learn.training import train
 from dwivae.physics.acquisition import seed32
@@ -61,6 +61,17 @@ def test_a_shell_near_the_floor_keeps_its_directions_in_proportion():
             assert ratio[0] < 0.9  # the floor still comes off
         else:
             np.testing.assert_allclose(out, remove_noise_floor(expected, 5.0), rtol=1e-6)
+
+
+def test_the_floor_removal_never_returns_zero():
+    """A log-linear fit takes 0 as log 0: what lies at or below the floor comes out small, not 0."""
+    sigma = 5.0
+    floor = float(noncentral_chi_mean(np.float64(0.0))) * sigma
+    expected = np.array([[20.0, 0.5 * floor, floor, 1.05 * floor, 3 * floor, 40.0],
+                         [20.0, 30.0, 35.0, 40.0, 45.0, 50.0]])
+    out = remove_floor_by_shell(expected, sigma, np.r_[0, 1, 1, 1, 1, 1])
+    assert out.min() == pytest.approx(LOWEST_SIGNAL * sigma) == out[0, 1]  # below the floor: not 0
+    np.testing.assert_allclose(out[1], remove_noise_floor(expected[1:], sigma)[0], rtol=1e-6)  # clear of the floor
 
 
 def test_voxels_whose_codes_differ_are_not_mixed():

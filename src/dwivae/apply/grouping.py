@@ -36,6 +36,12 @@ MIN_GROUP = 8
 IDENTIFIABLE = (1.0, 3.0)
 """A shell's mean signal (nu / sigma) up to which its floor is removed as one factor, and from
 which direction by direction; between them the two are blended linearly."""
+LOWEST_SIGNAL = 0.1
+"""The floor removal returns at least this times sigma, never 0: a log-linear tensor or kurtosis
+fit takes a 0 as log 0 (DIPY clips it to 1e-4, an outlier of -9 in the log). Exact zeros at
+b = 2800 along white-matter fibres made the fitted MD 2.5 % worse than the noisy data's on the
+multi-shell phantom at SNR 30; 0.1 and 0.3 sigma score alike there, and nothing changes where the
+signal stays above the floor."""
 
 
 def remove_floor_by_shell(expected: np.ndarray, sigma: float, shells: np.ndarray, *, coils: int = 1) -> np.ndarray:
@@ -43,7 +49,8 @@ def remove_floor_by_shell(expected: np.ndarray, sigma: float, shells: np.ndarray
 
     Per voxel and shell: each volume inverted on its own where the shell's mean signal is
     identifiable (nu >= 3 sigma), one factor ``nu(mean) / mean`` for all its volumes where it is
-    not (nu <= sigma), blended in between (:data:`IDENTIFIABLE`).
+    not (nu <= sigma), blended in between (:data:`IDENTIFIABLE`); at least :data:`LOWEST_SIGNAL`
+    sigma.
     """
     per_volume = remove_noise_floor(expected, sigma, coils=coils)
     out = np.empty_like(per_volume)
@@ -55,7 +62,7 @@ def remove_floor_by_shell(expected: np.ndarray, sigma: float, shells: np.ndarray
         common = expected[:, sel] * np.divide(nu, mean, out=np.zeros_like(mean), where=mean > 0)
         weight = np.clip((nu / sigma - low) / (high - low), 0.0, 1.0)
         out[:, sel] = weight * per_volume[:, sel] + (1 - weight) * common
-    return out
+    return np.maximum(out, np.float32(LOWEST_SIGNAL * sigma))
 
 
 def project_group(signals: np.ndarray, sigma: float) -> np.ndarray:

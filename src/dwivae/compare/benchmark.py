@@ -51,14 +51,16 @@ fit clips them (``dipy.reconst.dti.MIN_POSITIVE_SIGNAL``): denoised data can hol
 
 def dti_fit(data: np.ndarray, acq: Acquisition, mask: np.ndarray) -> dict[str, np.ndarray]:
     """FA, MD (mm²/s) and principal eigenvector of the WLS tensor fit in ``mask``
-    (:func:`dwivae.physics.tensorfit.fit_tensor` with DIPY's ``MIN_POSITIVE_SIGNAL``: DIPY's
-    ``TensorModel(fit_method="WLS")`` to 1e-6, zeros in the data included; the report and the
-    evaluation use the same fit)."""
+    (:func:`dwivae.physics.tensorfit.fit_tensor`, the fit of the report and the evaluation), as
+    DIPY's ``TensorModel(fit_method="WLS")`` gives them to 1e-6: signals clipped at its
+    ``MIN_POSITIVE_SIGNAL`` (denoised data can hold zeros), MD the mean of the eigenvalues with
+    negative ones set to 0 (its ``min_diffusivity``; it matters where diffusion is near 0, as in oil)."""
     bvecs = np.where(np.isfinite(acq.bvecs), acq.bvecs, 0.0)
     tensors, _ = tensorfit.fit_tensor(np.asarray(data[mask], dtype=np.float64), acq.bvals, bvecs, method="wls",
                                       min_signal=DIPY_MIN_SIGNAL)
-    return {"fa": np.nan_to_num(tensorfit.fa(tensors)), "md": tensorfit.md(tensors),
-            "v1": tensorfit.eigen(tensors)[1][..., :, 0]}
+    evals, evecs = tensorfit.eigen(tensors)
+    return {"fa": np.nan_to_num(tensorfit.fa(tensors)), "md": np.maximum(evals, 0.0).mean(axis=-1),
+            "v1": evecs[..., :, 0]}
 
 
 def has_kurtosis(acq: Acquisition) -> bool:
