@@ -7,7 +7,7 @@ from the cache), and the peers. Scored against the clean series (FA, MD, RMSE, a
 tissue and per tissue; ``worse than noisy`` lists every tissue and metric where a method ends
 worse than the noisy input. Peer outputs are cached in CACHE (DIPY's mppca takes minutes).
 
-Usage: python benchmarks/realistic.py CACHE PHANTOM [PHANTOM ...] [--json OUT.json]
+Usage: python benchmarks/realistic.py CACHE PHANTOM [PHANTOM ...] [--json OUT.json] [--peers NAME ...]
 """
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ def _peer(name: str, phantom: dict, cache: Path) -> tuple[np.ndarray, float]:
     return result.denoised, result.seconds
 
 
-def benchmark(path: Path, cache: Path, tmp: Path) -> dict:
-    """Scores of noisy, the peers and the plain dwivae on one phantom directory."""
+def benchmark(path: Path, cache: Path, tmp: Path, peers: tuple[str, ...] = PEERS) -> dict:
+    """Scores of noisy, the ``peers`` and the plain dwivae on one phantom directory."""
     phantom = load_phantom(path)
     acq, labels = phantom["acq"], phantom["labels"]
     mask = labels > 0
@@ -59,7 +59,7 @@ def benchmark(path: Path, cache: Path, tmp: Path) -> dict:
     if has_kurtosis(acq):
         reference["mk"] = mean_kurtosis(phantom["clean"], acq, mask)
     outputs = {"noisy": (phantom["noisy"], 0.0)}
-    for name in PEERS:
+    for name in peers:
         outputs[name] = _peer(name, phantom, cache)
     outputs["dwivae"] = _plain_dwivae(path, int(phantom["info"].get("coils") or 1), tmp)
     scores = {name: score(out, phantom["clean"], labels, reference, acq) | {"seconds": seconds}
@@ -90,12 +90,14 @@ def main() -> None:
     parser.add_argument("cache", type=Path)
     parser.add_argument("phantoms", type=Path, nargs="+")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS),
+                        help="peers to run (default: all; DIPY's mppca takes minutes per phantom)")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for path in args.phantoms:
-            results[path.name] = benchmark(path, args.cache, Path(tmp))
+            results[path.name] = benchmark(path, args.cache, Path(tmp), tuple(args.peers))
             print(markdown(path.name, results[path.name]) + "\n", flush=True)
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1))
