@@ -9,18 +9,12 @@ import torch
 from conftest import TINY_TRAINING
 
 from dwivae.apply.denoise import denoise
+from dwivae.apply.spatial import context_codes
 from dwivae.errors import InputError
 from dwivae.learn.checkpoint import load_model, model_fingerprint, save_model
-from dwivae.learn.context import (
-    CUT,
-    ONE_TISSUE,
-    bent_atoms,
-    context_codes,
-    rotations,
-    simulate_neighbourhoods,
-    train_context,
-)
+from dwivae.learn.context import train_context
 from dwivae.learn.models import ContextConfig, ContextNet, neighbour_offsets
+from dwivae.learn.neighbourhoods import CUT, ONE_TISSUE, bent_atoms, rotations, simulate_neighbourhoods
 from dwivae.learn.training import train
 from dwivae.physics.phantom import make_phantom
 

@@ -31,8 +31,9 @@ from dwivae.apply.mask import auto_mask
 from dwivae.apply.outputs import OutputSet, check_outputs
 from dwivae.errors import InputError
 from dwivae.learn.checkpoint import model_fingerprint
-from dwivae.physics.acquisition import Acquisition, b0_means
+from dwivae.physics.acquisition import Acquisition
 from dwivae.physics.noise import SIGMA_METHODS, estimate_sigma, floor_in_data
+from dwivae.physics.signals import b0_means
 
 
 @dataclass

@@ -18,8 +18,9 @@ from dwivae.apply.spatial import smooth_codes
 from dwivae.errors import InputError
 from dwivae.kernels.bindings import default_threads
 from dwivae.learn.frozen import FrozenModel
-from dwivae.physics.acquisition import Acquisition, b0_means, normalise_by_b0
+from dwivae.physics.acquisition import Acquisition
 from dwivae.physics.noise import check_noise_model, remove_noise_floor
+from dwivae.physics.signals import b0_means, normalise_by_b0
 from dwivae.physics.simulate import add_noncentral_chi_noise
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ def learned_context_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: 
     """Each voxel's code from its neighbourhood's latent means by the model's context network
     (:mod:`dwivae.learn.context`); ``slabs`` and ``inside`` as in :func:`encode_volume`. Returns
     (X, Y, Z, L) float32 codes."""
-    from dwivae.learn.context import context_codes
+    from dwivae.apply.spatial import context_codes
 
     latent, _, valid = encode_volume(slabs, inside, acq, model)
     return context_codes(latent, valid, model.context)

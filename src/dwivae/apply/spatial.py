@@ -1,4 +1,5 @@
-"""Spatial context for a voxel-wise model: edge-aware averaging of latent codes over a neighbourhood.
+"""Spatial context for a voxel-wise model: latent codes combined over a voxel's neighbourhood, by an
+edge-aware average or by a learned context network (:func:`context_codes`).
 
 A voxel-wise network sees one voxel's signal, so it cannot pool noise across voxels as MP-PCA
 does; a plain average over neighbours does, but blurs tissue boundaries. Here each voxel's latent
@@ -15,9 +16,14 @@ from __future__ import annotations
 
 import itertools
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from dwivae.errors import InputError
+
+if TYPE_CHECKING:
+    from dwivae.learn.models import ContextNet
 
 
 def neighbourhood_average(latent: np.ndarray, valid: np.ndarray, *, h: float, radius: int = 1) -> np.ndarray:
@@ -83,3 +89,42 @@ def smooth_codes(latent: np.ndarray, valid: np.ndarray, *, scale: float, strengt
     if h == 0:  # noise-free codes: nothing to average
         return np.array(latent, dtype=np.float32, copy=True), 0.0
     return neighbourhood_average(latent, valid, h=h, radius=radius), h
+
+
+def context_codes(latent: np.ndarray, valid: np.ndarray, net: ContextNet, *, chunk: int = 1 << 15) -> np.ndarray:
+    """Apply a context network to a volume of latent codes.
+
+    Parameters
+    ----------
+    latent : (X, Y, Z, L) ndarray
+        Latent means; only ``valid`` voxels are read.
+    valid : (X, Y, Z) bool ndarray
+    net : ContextNet
+    chunk : int
+        Voxels per pass (memory: chunk x (2r + 1)³ x L floats).
+
+    Returns
+    -------
+    (X, Y, Z, L) ndarray, float32
+        New codes in ``valid`` voxels, the input's elsewhere.
+    """
+    import torch
+
+    from dwivae.learn.models import neighbour_offsets
+
+    r = net.config.radius
+    pad = [(r, r)] * 3
+    with torch.inference_mode():
+        codes = torch.from_numpy(np.pad(np.where(valid[..., None], latent, 0.0).astype(np.float32), pad + [(0, 0)]))
+        exists = torch.from_numpy(np.pad(valid, pad))
+        flat_codes, flat_exists = codes.reshape(-1, codes.shape[-1]), exists.reshape(-1)
+        strides = torch.tensor([exists.shape[1] * exists.shape[2], exists.shape[2], 1])
+        shifts = (neighbour_offsets(r).long() * strides).sum(dim=1)  # (K,) flat offsets, C order as in training
+        centres = (torch.from_numpy(np.argwhere(valid)) + r) @ strides
+        out = np.array(latent, dtype=np.float32, copy=True)
+        result = np.empty((len(centres), latent.shape[-1]), np.float32)
+        for start in range(0, len(centres), chunk):
+            index = centres[start:start + chunk, None] + shifts[None, :]
+            result[start:start + chunk] = net(flat_codes[index], flat_exists[index]).numpy()
+    out[valid] = result
+    return out

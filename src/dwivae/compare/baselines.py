@@ -24,7 +24,8 @@ import nibabel as nib
 import numpy as np
 
 from dwivae.errors import InputError
-from dwivae.physics.acquisition import Acquisition, normalise_by_b0
+from dwivae.physics.acquisition import Acquisition
+from dwivae.physics.signals import normalise_by_b0
 from dwivae.physics.simulate import random_tensors, tensor_signals
 
 if TYPE_CHECKING:

@@ -17,8 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from dwivae.kernels.bindings import (ACTIVATION_CODES, MAX_WIDTH, TrainAdam, TrainData, TrainNet, default_threads,
-                                     library)
+from dwivae.kernels.bindings import (
+    ACTIVATION_CODES,
+    MAX_WIDTH,
+    TrainAdam,
+    TrainData,
+    TrainNet,
+    default_threads,
+    library,
+)
 from dwivae.learn.losses import reconstruction_loss
 from dwivae.learn.models import Autoencoder
 

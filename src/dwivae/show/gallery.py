@@ -22,7 +22,8 @@ from dwivae.learn.checkpoint import load_model, model_fingerprint
 from dwivae.learn.dataset import noisy_copies
 from dwivae.learn.latent import latent_influence, latent_statistics, latent_traversal
 from dwivae.learn.training import TrainedModel, model_output
-from dwivae.physics.acquisition import Acquisition, load_acquisition, normalise_by_b0
+from dwivae.physics.acquisition import Acquisition, load_acquisition
+from dwivae.physics.signals import normalise_by_b0
 from dwivae.physics.simulate import STUDY_NOISE_LEVELS, add_gaussian_noise, random_tensors, tensor_signals
 from dwivae.physics.tensorfit import fa, fit_tensor, md
 from dwivae.show import figures
