@@ -81,7 +81,8 @@ def _structure(network: nn.Module) -> tuple[list, str, float]:
     return linears, act, param
 
 
-def _library() -> ctypes.CDLL:
+def _kernel_or_refuse() -> ctypes.CDLL:
+    """The compiled kernels, or :class:`UnsupportedNetwork` (training then takes autograd)."""
     lib = library()
     if lib is None:
         raise UnsupportedNetwork("no compiled kernel: no C compiler, or DWIVAE_KERNEL=torch")
@@ -92,7 +93,7 @@ def standard_normals(seed: int, step: int, n: int, latent: int) -> np.ndarray:
     """The eps (n, latent) that :meth:`CompiledStep.steps` draws for samples 0..n of step ``step``
     with ``seed`` (counter-based Box-Muller in ``counter_random.h``)."""
     out = np.empty((n, latent), dtype=np.float32)
-    _library().dwivae_normals(seed, step, n, latent, _pointer(out))
+    _kernel_or_refuse().dwivae_normals(seed, step, n, latent, _pointer(out))
     return out
 
 
@@ -102,7 +103,7 @@ def shuffled_rows(key: int, n: int, first: int = 0, count: int | None = None) ->
     (a Feistel network with cycle walking, ``counter_random.h``)."""
     count = n - first if count is None else count
     out = np.empty(count, dtype=np.uint32)
-    _library().dwivae_shuffled_rows(key, n, first, count, _pointer(out, ctypes.c_uint32))
+    _kernel_or_refuse().dwivae_shuffled_rows(key, n, first, count, _pointer(out, ctypes.c_uint32))
     return out
 
 
@@ -130,7 +131,7 @@ class CompiledStep:
     """
 
     def __init__(self, network: Autoencoder, *, lr: float, loss: str, lanes: int | None = None) -> None:
-        lib = _library()
+        lib = _kernel_or_refuse()
         reconstruction_loss(loss)
         self.network, self.loss, self.lr = network, loss, float(lr)
         self.beta1, self.beta2, self.eps = 0.9, 0.999, 1e-8
