@@ -82,22 +82,21 @@ def project_group(signals: np.ndarray, sigma: float) -> np.ndarray:
     return centred @ kept @ kept.T + mean
 
 
-def _one_pass(data: np.ndarray, codes: np.ndarray, voxels: np.ndarray, *, sigma: float, group: int,
+def _one_pass(signals: np.ndarray, codes: np.ndarray, voxels: np.ndarray, *, sigma: float, group: int,
               offset: int, rng: np.random.Generator) -> np.ndarray:
-    """Estimates of ``voxels`` (M, 3), whose codes are ``codes`` (M, L), from one grid of blocks
-    shifted by ``offset``."""
+    """Estimates of ``voxels`` (M, 3), whose series are ``signals`` (M, N) and codes ``codes``
+    (M, L), from one grid of blocks shifted by ``offset``."""
     blocks = (voxels + offset) // BLOCK
     order = np.lexsort(blocks.T[::-1])
     _, starts = np.unique(blocks[order], axis=0, return_index=True)
-    estimate = np.empty((len(voxels), data.shape[-1]), np.float64)
+    estimate = np.empty(signals.shape, np.float64)
     for members in np.split(order, starts[1:]):
         k = max(1, round(len(members) / group))
         labels = (kmeans2(codes[members], k, seed=rng, minit="++")[1] if k > 1 else
                   np.zeros(len(members), int))
         for label in np.unique(labels):
             chosen = members[labels == label]
-            where = tuple(voxels[chosen].T)
-            estimate[chosen] = project_group(data[where], sigma)
+            estimate[chosen] = project_group(signals[chosen], sigma)
     return estimate
 
 
@@ -140,9 +139,10 @@ def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, 
         return out
     rng = np.random.default_rng(seed)
     flat = np.asarray(codes, np.float64)[tuple(voxels.T)]
-    total = np.zeros((len(voxels), data.shape[-1]), np.float64)
+    signals = out[tuple(voxels.T)]
+    total = np.zeros(signals.shape, np.float64)
     for step in range(PASSES):
-        total += _one_pass(out, flat, voxels, sigma=sigma, group=group,
+        total += _one_pass(signals, flat, voxels, sigma=sigma, group=group,
                            offset=step * BLOCK // PASSES, rng=rng)
     expected = np.maximum(total / PASSES, 0.0)
     if remove_floor:

@@ -229,6 +229,7 @@ def remove_noise_floor(signal: np.ndarray, sigma: float, *, coils: int = 1) -> n
     means = noncentral_chi_mean(_THETA, coils)
     theta = np.interp(ratio, means, _THETA, left=0.0)
     high = ratio > means[-1]
-    theta = np.where(high, np.sqrt(np.where(high, ratio, means[-1]) ** 2 - (2 * coils - 1)), theta)
-    theta = np.where(np.isfinite(ratio), theta, ratio)
+    theta[high] = np.sqrt(ratio[high] ** 2 - (2 * coils - 1))
+    finite = np.isfinite(ratio)
+    theta[~finite] = ratio[~finite]
     return np.asarray(theta * sigma, dtype=np.float32)
