@@ -227,7 +227,7 @@ def remove_noise_floor(signal: np.ndarray, sigma: float, *, coils: int = 1) -> n
     check_noise_model(sigma, coils)
     ratio = np.asarray(signal, dtype=np.float64) / sigma
     means = noncentral_chi_mean(_THETA, coils)
-    theta = np.interp(ratio, means, _THETA, left=0.0)
+    theta = np.array(np.interp(ratio, means, _THETA, left=0.0))  # an array also for one value
     high = ratio > means[-1]
     theta[high] = np.sqrt(ratio[high] ** 2 - (2 * coils - 1))
     finite = np.isfinite(ratio)
