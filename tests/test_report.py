@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import real_sample
+from conftest import open_in_chromium, real_sample
 
 from dwivae.apply.denoise_file import denoise_file
 from dwivae.cli import main
@@ -20,7 +20,6 @@ from dwivae.show.gallery import changed_voxels, volume_figures
 from dwivae.show.report import build_report
 
 ARTIFACTS = Path(os.environ.get("DWIVAE_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking")
 
 
 @pytest.fixture(scope="module")
@@ -38,33 +37,6 @@ def demo_outputs(tmp_path_factory, trained_for):
                                               "GradientFiles": {"bval": str(bval), "bvec": str(bvec)}})
         outputs.append(written["denoised"])
     return out, outputs, models
-
-
-def open_in_chromium(page: Path, screenshot: Path) -> tuple[list[dict], list[list]]:
-    """Load a page in headless Chromium; return its console messages and each image's (complete, naturalWidth)."""
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        if os.environ.get("CI"):
-            pytest.fail("chromium and chromium-driver must be installed in CI (.ci/run installs them)")
-        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (*CHROMIUM_FLAGS, "--window-size=1300,2400"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
-        browser.get(page.resolve().as_uri())
-        images = browser.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src.slice(0, 22)])")
-        logs = browser.get_log("browser")
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(screenshot))
-    finally:
-        browser.quit()
-    return logs, images
 
 
 @pytest.fixture(scope="module")

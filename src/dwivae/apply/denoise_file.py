@@ -7,7 +7,7 @@ JSON sidecar with provenance.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from os import PathLike
@@ -95,6 +95,7 @@ def denoise_file(
     inputs: Iterable[str | PathLike[str]] = (),
     pooling: int | None = None,
     keep_floor: bool = False,
+    names: Mapping[str, str | PathLike[str]] | None = None,
 ) -> tuple[dict[str, Path], DenoiseStats]:
     """Denoise a NIfTI file slab by slab and write the denoised series and its residual.
 
@@ -141,6 +142,9 @@ def denoise_file(
     keep_floor : bool
         With ``pooling``: keep the noise floor in the output, as MP-PCA does. It is kept in any case
         where the data show no floor at ``sigma`` (:func:`dwivae.physics.noise.floor_in_data`).
+    names : mapping of str to path, optional
+        Other paths for the outputs, by role (:func:`output_paths`; e.g. BIDS derivative names);
+        the roles are those of :func:`output_paths`, whose order (the sidecar last) is kept.
 
     Notes
     -----
@@ -162,7 +166,7 @@ def denoise_file(
     context = check_options(model, acq, spatial=spatial, uncertainty=uncertainty, pooling=pooling, context=context,
                             bias_correct=bias_correct, sigma=sigma, coils=coils)
     uses_sigma = bias_correct or spatial is not None or pooling is not None
-    paths = check_outputs(output_paths(out, uncertainty=uncertainty, sigma=uses_sigma),
+    paths = check_outputs(_renamed(output_paths(out, uncertainty=uncertainty, sigma=uses_sigma), names),
                           inputs=[dwi, io.sidecar_path(dwi), *inputs, *([mask] if mask not in ("auto", None) else [])],
                           force=force)
     inside = (auto_mask(img, acq) if mask == "auto" else
@@ -219,6 +223,15 @@ def denoise_file(
                            provenance=provenance)
         staged.temp("sidecar").write_text(io.json_text(sidecar), encoding="utf-8")
     return paths, stats
+
+
+def _renamed(paths: dict[str, Path], names: Mapping[str, str | PathLike[str]] | None) -> dict[str, Path]:
+    """``paths`` with the paths of ``names`` instead, which must name the same roles."""
+    if names is None:
+        return paths
+    if set(names) != set(paths):
+        raise ValueError(f"names must give the outputs {sorted(paths)}, not {sorted(names)}")
+    return {role: Path(names[role]) for role in paths}
 
 
 def _noise_level(img, acq: Acquisition, brain: np.ndarray) -> tuple[float, str]:

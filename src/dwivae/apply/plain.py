@@ -17,6 +17,7 @@ import numpy as np
 
 from dwivae.apply.grouping import DEFAULT_GROUP
 from dwivae.learn.cache import cached_model_path, load_or_train
+from dwivae.learn.config import TrainConfig
 from dwivae.learn.training import PRESETS, TrainedModel
 from dwivae.physics.acquisition import Acquisition
 from dwivae.physics.noise import SIGMA_METHODS, sigma_method, snr_range
@@ -36,15 +37,28 @@ def matched_model(acq: Acquisition, data: np.ndarray, mask: np.ndarray, *, coils
     """
     sigma, (low, high) = snr_range(data, acq, mask)
     log(f"sigma {sigma:.4g} from the {SIGMA_METHODS[sigma_method()]}; SNR range {low:.3g}-{high:.3g}")
-    low, high = 2.0 ** math.floor(math.log2(low)), 2.0 ** math.ceil(math.log2(high))
-    noise = "rician" if coils == 1 else "nc-chi"
-    config = replace(PRESETS["default"], atoms="mixed", fresh_atoms=True, noise=noise, coils=coils,
-                     snr_range=(low, high))
-    tag = f"{noise}{coils}-snr{low:g}-{high:g}"
+    config, tag = matched_training((low, high), coils=coils)
     cached = cached_model_path(acq, arch=arch, latent=7, seed=seed, tag=tag)
+    noise, (low, high) = config.noise, config.snr_range
     log(f"using the cached {arch} for {acq.describe()} in {cached}" if cached.exists() else
         f"training a {arch} for {acq.describe()}, {noise} noise, SNR {low:g}-{high:g} (cached in {cached})")
     return load_or_train(acq, arch=arch, seed=seed, config=config, tag=tag)
+
+
+def matched_training(snr: tuple[float, float], *, coils: int = 1, preset: str = "default") -> tuple[TrainConfig, str]:
+    """The training of the plain command's model for data of SNR range ``snr`` (S0 / sigma, widened
+    out to powers of 2) and ``coils``, from the training preset ``preset``.
+
+    Returns
+    -------
+    config : TrainConfig
+    tag : str
+        What the config sets beyond the protocol, for the model's cache key.
+    """
+    low, high = 2.0 ** math.floor(math.log2(snr[0])), 2.0 ** math.ceil(math.log2(snr[1]))
+    noise = "rician" if coils == 1 else "nc-chi"
+    config = replace(PRESETS[preset], atoms="mixed", fresh_atoms=True, noise=noise, coils=coils, snr_range=(low, high))
+    return config, f"{noise}{coils}-snr{low:g}-{high:g}" + ("" if preset == "default" else f"-{preset}")
 
 
 def plain_denoise(data: np.ndarray, acq: Acquisition, mask: np.ndarray, *, coils: int = 1, seed: int = 0,

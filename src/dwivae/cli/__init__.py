@@ -12,12 +12,12 @@ import warnings
 from collections.abc import Sequence
 
 from dwivae._version import __version__
-from dwivae.cli import benchmark, demo, denoise, evaluate, figures, phantom, report, simulate, train
+from dwivae.cli import benchmark, bids, demo, denoise, evaluate, figures, phantom, report, simulate, train
 from dwivae.cli.common import Parser
 from dwivae.errors import InputError
 
 COMMANDS = {module.__name__.rsplit(".", 1)[1]: module for module in
-            (simulate, train, evaluate, denoise, figures, report, phantom, benchmark, demo)}
+            (simulate, train, evaluate, denoise, figures, report, phantom, benchmark, demo, bids)}
 """The subcommands, in the order ``dwivae --help`` lists them."""
 
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (2 for bad input)."""
+    """Run the command line; return the exit code (2 for bad input, or what the subcommand returns)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():  # numpy's and torch's warnings are not for the user: errors say it all
             warnings.simplefilter("ignore")
             logging.getLogger("nibabel").setLevel(logging.CRITICAL)  # header repairs it logs as it reads
-            args.run(args)
+            code = args.run(args)
     except (InputError, OSError) as err:
         print(f"dwivae {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -60,4 +60,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dwivae {args.command}: interrupted; nothing of this run was kept", file=sys.stderr)
         return 130
-    return 0
+    return int(code or 0)

@@ -192,11 +192,14 @@ def _library() -> ctypes.CDLL | None:
 
 
 def default_threads() -> int:
-    """Threads for the forward pass: the CPUs this process may run on."""
+    """Threads of the kernels: the CPUs this process may run on, at most ``OMP_NUM_THREADS`` where
+    that is set (as torch and BLAS take it; Dask's workers set it to their share of the machine)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(cpus, int(limit))) if limit.isdigit() and int(limit) > 0 else cpus
 
 
 def library() -> ctypes.CDLL | None:

@@ -19,10 +19,13 @@ def cache_dir() -> Path:
     return Path(base) / "dwivae" / "models"
 
 
-def cached_model_path(acq: Acquisition, *, arch: str, latent: int, seed: int, tag: str = "") -> Path:
+def cached_model_path(acq: Acquisition, *, arch: str, latent: int, seed: int, tag: str = "",
+                      root: Path | None = None) -> Path:
     """The cache directory of the model for this protocol, architecture, latent size, seed and
-    ``tag`` (what else sets its training, e.g. the noise it was matched to)."""
-    return cache_dir() / f"{acq.fingerprint()}-{arch}-latent{latent}-seed{seed}{'-' + tag if tag else ''}"
+    ``tag`` (what else sets its training, e.g. the noise it was matched to), in ``root`` (default
+    :func:`cache_dir`)."""
+    name = f"{acq.fingerprint()}-{arch}-latent{latent}-seed{seed}{'-' + tag if tag else ''}"
+    return (cache_dir() if root is None else Path(root)) / name
 
 
 def load_or_train(
@@ -34,12 +37,13 @@ def load_or_train(
     config: TrainConfig | None = None,
     callback: Callable[[dict], None] | None = None,
     tag: str = "",
+    root: Path | None = None,
 ) -> tuple[TrainedModel, Path]:
     """A model for ``acq`` from the cache, trained and cached first if there is none.
 
     Models are keyed by the protocol's fingerprint, the architecture, the latent size, the seed and
     ``tag`` (which must name whatever ``config`` sets), so a second run on data of the same
-    protocol reuses the first run's model.
+    protocol reuses the first run's model. ``root``: the cache folder (default :func:`cache_dir`).
 
     Returns
     -------
@@ -47,7 +51,7 @@ def load_or_train(
     path : Path
         Its directory in the cache.
     """
-    path = cached_model_path(acq, arch=arch, latent=latent, seed=seed, tag=tag)
+    path = cached_model_path(acq, arch=arch, latent=latent, seed=seed, tag=tag, root=root)
     if (path / METADATA).is_file():
         return load_model(path), path
     model = train(acq, arch=arch, latent=latent, seed=seed, config=config, callback=callback)
