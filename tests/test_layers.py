@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dwivae
 
-LAYERS = ("base", "kernels", "io", "physics", "learn", "apply", "show", "compare", "cli")
+LAYERS = ("base", "kernels", "io", "physics", "learn", "apply", "show", "compare", "bids", "cli")
 """Lowest first. ``base``: the modules every layer may use (errors, the version)."""
 BASE = {"errors", "_version"}
 ROOT = Path(dwivae.__file__).parent
