@@ -172,6 +172,10 @@ def test_a_second_run_redoes_nothing_and_group_writes_its_page(dataset, tmp_path
     assert derivatives() == written and len(written) == 5 * 6 + 2 * 2
     summary = json.loads((out / "logs" / "participant.json").read_text())
     assert (summary["Denoised"], summary["CompleteBefore"], summary["Failed"]) == (0, 4, 0)
+    assert main(["bids", "data", "data/derivatives/dwivae", "participant", "--workers", "2"]) == 1
+    assert derivatives() == written  # the whole dataset again: only the corrupt scan is tried, and fails again
+    summary = json.loads((out / "logs" / "participant.json").read_text())
+    assert (summary["Denoised"], summary["CompleteBefore"], summary["Failed"]) == (0, 5, 1)
 
     assert main(["bids", "data", "data/derivatives/dwivae", "group"]) == 0
     page = out / "group_report.html"
@@ -181,6 +185,27 @@ def test_a_second_run_redoes_nothing_and_group_writes_its_page(dataset, tmp_path
     logs, images = open_in_chromium(page, tmp_path / "group.png")
     assert not [entry for entry in logs if entry["level"] == "SEVERE"], logs
     assert len(images) == 5 and all(complete and width > 0 for complete, width, _ in images)
+
+
+def test_scheduler_submits_to_a_running_cluster(dataset, monkeypatch):
+    from dask.distributed import LocalCluster
+
+    scans, out, _ = dataset
+    monkeypatch.setitem(training.PRESETS, "default", TINY_TRAINING)
+    before = {key: _outputs(out, *key.split("-"))["sidecar"].stat().st_mtime_ns for key in ("02-1", "02-2", "01-1")}
+    environment = dict(os.environ)
+    try:
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster:
+            code = main(["bids", str(scans["01-1"].parents[3]), str(out), "participant", "--participant-label", "02",
+                         "--force", "--scheduler", cluster.scheduler_address])
+            assert len(cluster.scheduler.workers) == 1  # the cluster is left running: it is not ours
+    finally:  # Dask's nannies leave their workers' variables (OMP_NUM_THREADS=1, ...) in this process
+        os.environ.clear()
+        os.environ.update(environment)
+    assert code == 0
+    after = {key: _outputs(out, *key.split("-"))["sidecar"].stat().st_mtime_ns for key in before}
+    assert after["02-1"] > before["02-1"] and after["02-2"] > before["02-2"] and after["01-1"] == before["01-1"]
+    assert len(list((out / "models").glob("*/model.json"))) == 2  # sub-02's protocol kept its model
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
@@ -214,7 +239,10 @@ def test_local_workers_share_the_cpus_and_keep_glibc_adaptive_malloc(monkeypatch
     from dwivae.kernels.bindings import default_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # as an earlier cluster's nannies leave it
+    environment = dict(os.environ)
     client, cluster = _cluster(None, 2)
+    assert dict(os.environ) == environment  # this process's own is left as it was
     try:
         seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
     finally:

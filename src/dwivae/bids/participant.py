@@ -9,6 +9,7 @@ reported with its reason in ``OUT_DIR/logs/<scan>.log`` and the summary, and the
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,9 +61,15 @@ def _cluster(scheduler: str | None, workers: int | None):
     workers = workers or cpus
     share = str(max(1, cpus // workers))
     environ = "distributed.nanny.pre-spawn-environ"
-    with dask.config.set({f"{environ}.MALLOC_TRIM_THRESHOLD_": None, f"{environ}.OMP_NUM_THREADS": share,
-                          f"{environ}.MKL_NUM_THREADS": share, f"{environ}.OPENBLAS_NUM_THREADS": share}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+    saved = dict(os.environ)  # the nannies write their workers' variables into this process's environment
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    try:
+        with dask.config.set({f"{environ}.MALLOC_TRIM_THRESHOLD_": None, f"{environ}.OMP_NUM_THREADS": share,
+                              f"{environ}.MKL_NUM_THREADS": share, f"{environ}.OPENBLAS_NUM_THREADS": share}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return Client(cluster), cluster
 
 
