@@ -212,6 +212,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     assert main(["bids", str(tmp_path / "data"), str(tmp_path / "out"), "participant"]) == 2
     assert "no dataset_description.json" in capsys.readouterr().err
+    assert main(["bids", str(tmp_path / "data"), str(tmp_path / "data"), "participant"]) == 2
+    assert "is the dataset itself: write the derivative beside it" in capsys.readouterr().err
     assert main(["bids", str(tmp_path / "data"), str(tmp_path / "out"), "group"]) == 2
     assert "run `dwivae bids" in capsys.readouterr().err
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from dwivae.apply.plain import matched_training
 from dwivae.bids.layout import LOGS, MODELS, Scan, find_scans, write_description
 from dwivae.bids.scan_tasks import Outcome, denoise_scan, failed, inspect_scan, train_protocol
+from dwivae.errors import InputError
 from dwivae.io.writing import write_json_atomic, write_text_atomic
 from dwivae.kernels.bindings import default_threads
 
@@ -102,6 +103,9 @@ def run_participant(bids_dir: str | PathLike[str], out_dir: str | PathLike[str],
     """
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()  # the workers do not share this process's working directory
+    if out_dir == Path(bids_dir).resolve():
+        raise InputError(f"{out_dir} is the dataset itself: write the derivative beside it, e.g. in "
+                         f"{out_dir / 'derivatives' / 'dwivae'}")
     scans = find_scans(bids_dir, participants=participants, sessions=sessions)
     (out_dir / LOGS).mkdir(parents=True, exist_ok=True)
     write_description(out_dir, bids_dir, command=command)

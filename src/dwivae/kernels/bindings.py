@@ -199,7 +199,7 @@ def default_threads() -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     limit = os.environ.get("OMP_NUM_THREADS", "")
-    return max(1, min(cpus, int(limit))) if limit.isdigit() and int(limit) > 0 else cpus
+    return min(cpus, int(limit)) if limit.isdigit() and int(limit) > 0 else cpus
 
 
 def library() -> ctypes.CDLL | None:
