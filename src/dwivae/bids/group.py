@@ -46,11 +46,11 @@ def write_group_page(out_dir: str | PathLike[str], *, force: bool = True) -> Pat
     if not records and not (out_dir / LOGS / SUMMARY).is_file():
         raise InputError(f"{out_dir} holds no QC records: run `dwivae bids BIDS_DIR {out_dir} participant` first")
     records.sort(key=lambda qc: qc["Scan"])
-    sections = [Section("Scans", tables=[(f"{len(records)} denoised scans: residual of the diffusion-weighted "
+    sections = [Section("Scans", tables=[(f"{len(records)} denoised: residual of the diffusion-weighted "
                                           "volumes in the mask; FA and MD of a DTI (WLS) fit in the mask",
                                           list(COLUMNS), [_row(qc) for qc in records])])]
     if failures:
-        sections.append(Section("Failed scans", tables=[(f"{len(failures)} scans failed (logs in {LOGS}/)",
+        sections.append(Section("Failed scans", tables=[(f"{len(failures)} failed (logs in {LOGS}/)",
                                                          ["scan", "reason"],
                                                          failures)]))
     figures = [Figure(out_dir / QC / qc["Figure"], qc["Scan"], f"sigma {qc['Sigma']:.4g}, residual "

@@ -55,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
                               command=shlex.join(["dwivae", *args.argv]), log=lambda line: print(line, file=sys.stderr))
     print(summary.line())
     if summary.failed:
-        print(f"{len(summary.failed)} scans failed: see {args.output_dir / 'logs'}", file=sys.stderr)
+        print(f"{len(summary.failed)} failed: see {args.output_dir / 'logs'}", file=sys.stderr)
     return 1 if summary.failed else 0
