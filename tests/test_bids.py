@@ -106,6 +106,7 @@ def test_participant_denoises_every_readable_scan_into_a_bids_derivative(dataset
         assert qc["Voxels"] > 0 and 0 < qc["FAAfter"] < 1 and qc["MDAfter"] > 0 and qc["Sigma"] == pytest.approx(
             float(sigma.max()))
         assert (out / "logs" / "qc" / qc["Figure"]).is_file()
+        assert -1 <= qc["ResidualB0Correlation"] <= 1 and abs(qc["ResidualMean"]) < 1 and 0.2 < qc["ResidualSD"] < 2
 
 
 def test_pybids_reads_the_outputs_as_a_derivative_dataset(dataset):

@@ -2,7 +2,8 @@
 
 It reads what ``participant`` wrote (each scan's QC record and figure in ``OUT_DIR/logs/qc``, and
 the log of each scan whose last run failed in ``OUT_DIR/logs``) and computes nothing again: a table with a row per
-scan (voxels, seconds, sigma, residual mean and sd in sigma, mean FA and MD before and after), the
+scan (voxels, seconds, sigma, residual mean and sd in sigma, the correlation of the residual's RMS
+with the mean b0, mean FA and MD before and after), the
 scans that failed with their reasons, then every scan's figure. Images are embedded, so the page
 is one self-contained file.
 """
@@ -22,12 +23,14 @@ from dwivae.show.report import Section, render_html
 GROUP_PAGE = "group_report.html"
 """The page's name in ``OUT_DIR``."""
 COLUMNS = ("scan", "protocol", "voxels", "seconds", "sigma", "residual mean (sigma)", "residual sd (sigma)",
-           "FA before", "FA after", "MD before (1e-3 mm²/s)", "MD after (1e-3 mm²/s)")
+           "residual RMS ~ mean b0 (r)", "FA before", "FA after", "MD before (1e-3 mm²/s)", "MD after (1e-3 mm²/s)")
 
 
 def _row(qc: dict) -> list[str]:
+    r = qc["ResidualB0Correlation"]
     return [qc["Scan"], qc["Protocol"], str(qc["Voxels"]), f"{qc['Seconds']:.1f}", f"{qc['Sigma']:.4g}",
-            f"{qc['ResidualMean']:+.3f}", f"{qc['ResidualSD']:.3f}", f"{qc['FABefore']:.3f}", f"{qc['FAAfter']:.3f}",
+            f"{qc['ResidualMean']:+.3f}", f"{qc['ResidualSD']:.3f}", "-" if r is None else f"{r:+.2f}",
+            f"{qc['FABefore']:.3f}", f"{qc['FAAfter']:.3f}",
             f"{qc['MDBefore'] * 1e3:.3f}", f"{qc['MDAfter'] * 1e3:.3f}"]
 
 

@@ -2,7 +2,8 @@
 
 Voxels and seconds of the run, the noise level used, the residual (input minus output) of the
 diffusion-weighted volumes in the mask in units of sigma (mean ~0 and sd ~1 where only noise was
-removed; the floor removal moves the mean below 0 at low SNR), and the mean FA and MD in the
+removed; the floor removal moves the mean below 0 at low SNR), the correlation of its RMS with the mean b0 over the
+mask's voxels (about 0 where it holds no anatomy), and the mean FA and MD in the
 mask before and after, from DTI (WLS) on the volumes up to b = 1500 s/mm² where that leaves six
 directions or more (all volumes otherwise). A figure shows the middle axial slice of FA before
 and after and the residual's RMS over sigma.
@@ -47,8 +48,10 @@ def scan_qc(scan: Scan, acq: Acquisition, paths: dict[str, Path], stats: Denoise
     keep = dti_volumes(acq)
     dti = Acquisition(acq.bvals[keep], acq.bvecs[keep], b0_threshold=acq.b0_threshold)
     before, after = (dti_fit(data[..., keep], dti, mask) for data in (noisy, denoised))
+    rms = np.sqrt(np.mean(residual**2, axis=1))
+    mean_b0 = noisy[mask][:, acq.b0_mask].mean(axis=1)
     if figure is not None:
-        _figure(figure, scan, mask, before["fa"], after["fa"], np.sqrt(np.mean(residual**2, axis=1)))
+        _figure(figure, scan, mask, before["fa"], after["fa"], rms)
     return {
         "Scan": str(scan.relative),
         "Subject": scan.subject,
@@ -61,6 +64,7 @@ def scan_qc(scan: Scan, acq: Acquisition, paths: dict[str, Path], stats: Denoise
         "NoiseFloorInData": stats.floor_in_data,
         "ResidualMean": float(residual.mean()),
         "ResidualSD": float(residual.std()),
+        "ResidualB0Correlation": _correlation(rms, mean_b0),
         "FABefore": float(before["fa"].mean()),
         "FAAfter": float(after["fa"].mean()),
         "MDBefore": float(before["md"].mean()),
@@ -68,6 +72,13 @@ def scan_qc(scan: Scan, acq: Acquisition, paths: dict[str, Path], stats: Denoise
         "DTIVolumes": int(dti.n_volumes),
         "Figure": figure.name if figure is not None else None,
     }
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson's correlation of two series; None where either is constant or too short."""
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _figure(path: Path, scan: Scan, mask: np.ndarray, fa_before: np.ndarray, fa_after: np.ndarray,
