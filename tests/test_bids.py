@@ -173,12 +173,17 @@ def test_a_second_run_redoes_nothing_and_group_writes_its_page(dataset, tmp_path
     assert derivatives() == written and len(written) == 5 * 6 + 2 * 2
     summary = json.loads((out / "logs" / "participant.json").read_text())
     assert (summary["Denoised"], summary["CompleteBefore"], summary["Failed"]) == (0, 4, 0)
-    assert main(["bids", "data", "data/derivatives/dwivae", "participant", "--workers", "2"]) == 1
+    assert main(["bids", "data", "data/derivatives/dwivae", "participant", "--workers", "2", "--quiet"]) == 1
     assert derivatives() == written  # the whole dataset again: only the corrupt scan is tried, and fails again
+    assert capsys.readouterr().err.splitlines() == ["1 failed: see data/derivatives/dwivae/logs"]  # no progress
     summary = json.loads((out / "logs" / "participant.json").read_text())
     assert (summary["Denoised"], summary["CompleteBefore"], summary["Failed"]) == (0, 5, 1)
 
     assert main(["bids", "data", "data/derivatives/dwivae", "group"]) == 0
+    capsys.readouterr()
+    assert main(["bids", "data", "data/derivatives/dwivae", "group"]) == 2  # the page exists
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["bids", "data", "data/derivatives/dwivae", "group", "--force"]) == 0
     page = out / "group_report.html"
     text = page.read_text()
     assert text.count("<tr>") >= 1 + 5 and "sub-02/ses-2/dwi/sub-02_ses-2_dwi.nii.gz" in text

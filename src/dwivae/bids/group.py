@@ -34,8 +34,9 @@ def _row(qc: dict) -> list[str]:
             f"{qc['MDBefore'] * 1e3:.3f}", f"{qc['MDAfter'] * 1e3:.3f}"]
 
 
-def write_group_page(out_dir: str | PathLike[str], *, force: bool = True) -> Path:
-    """Write ``OUT_DIR/group_report.html`` from a ``participant`` run's records; its path.
+def write_group_page(out_dir: str | PathLike[str], *, force: bool = False) -> Path:
+    """Write ``OUT_DIR/group_report.html`` from a ``participant`` run's records; its path. An
+    existing page is replaced only with ``force``.
 
     Raises
     ------

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.analysis_level == "group":
         from dwivae.bids.group import write_group_page
 
-        print(f"-> {write_group_page(args.output_dir)}")
+        print(f"-> {write_group_page(args.output_dir, force=args.force)}")
         return 0
     try:
         import bids  # noqa: F401
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     summary = run_participant(args.bids_dir, args.output_dir, participants=args.participant_label,
                               sessions=args.session, scheduler=args.scheduler, workers=args.workers, force=args.force,
                               coils=args.coils, seed=args.seed, preset=args.preset,
-                              command=shlex.join(["dwivae", *args.argv]), log=lambda line: print(line, file=sys.stderr))
+                              command=shlex.join(["dwivae", *args.argv]),
+                              log=(lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr)))
     print(summary.line())
     if summary.failed:
         print(f"{len(summary.failed)} failed: see {args.output_dir / 'logs'}", file=sys.stderr)
