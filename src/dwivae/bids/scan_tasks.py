@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from dwivae.bids.layout import Scan
 from dwivae.errors import InputError
 from dwivae.learn.config import TrainConfig
+from dwivae.physics.acquisition import Acquisition
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ def failed(scan: Scan, err: BaseException) -> Outcome:
     return Outcome(scan, ok=False, reason=reason, detail=detail)
 
 
-def _acquisition(scan: Scan):
+def _acquisition(scan: Scan) -> tuple[Acquisition, nib.Nifti1Image]:
+    """The scan's protocol and its image (opened lazily), checked against each other."""
     from dwivae import io
     from dwivae.physics.acquisition import load_acquisition
 
@@ -75,7 +78,7 @@ def _acquisition(scan: Scan):
     return acq, img
 
 
-def _check_readable(scan: Scan, img) -> None:
+def _check_readable(img: nib.Nifti1Image) -> None:
     """Read the image's last volume, the end of its data (of the whole stream, for .nii.gz)."""
     try:
         np.asarray(img.dataobj[..., -1])
@@ -92,7 +95,7 @@ def inspect_scan(scan: Scan) -> Outcome:
 
     try:
         acq, img = _acquisition(scan)
-        _check_readable(scan, img)
+        _check_readable(img)
         _, snr = snr_range(img.dataobj, acq, auto_mask(img, acq))
         return Outcome(scan, ok=True, fingerprint=acq.fingerprint(), snr=snr)
     except Exception as err:  # noqa: BLE001 - any failure of one scan is reported, the others go on
@@ -109,7 +112,7 @@ def train_protocol(scan: Scan, config: TrainConfig, *, tag: str, models: str | P
     return str(path)
 
 
-def _write_gradients(acq, bval: Path, bvec: Path) -> None:
+def _write_gradients(acq: Acquisition, bval: Path, bvec: Path) -> None:
     """The protocol's gradient files in FSL's layout (one row of b-values; three rows of unit
     directions, zero for the b0 volumes), each written atomically."""
     for path, rows, fmt in ((bval, acq.bvals[None, :], "%.10g"), (bvec, acq.bvecs.T, "%.8f")):
