@@ -23,6 +23,11 @@ from dwivae.physics.acquisition import Acquisition
 from dwivae.physics.noise import SIGMA_METHODS, sigma_method, snr_range
 
 
+PLAIN_SETTINGS = {"pooling": DEFAULT_GROUP, "denoise_b0": True, "context": False}
+"""The options of :func:`dwivae.apply.denoise.denoise` and :func:`dwivae.apply.denoise_file.denoise_file`
+that make the plain command's method: the grouped estimate, b0 volumes included."""
+
+
 def matched_model(acq: Acquisition, data: np.ndarray, mask: np.ndarray, *, coils: int = 1, arch: str = "vae",
                   seed: int = 0, log: Callable[[str], None] = lambda line: None) -> tuple[TrainedModel, Path]:
     """The model of the plain command for ``data`` (X, Y, Z, N; an array, or an image's data object
@@ -73,4 +78,4 @@ def plain_denoise(data: np.ndarray, acq: Acquisition, mask: np.ndarray, *, coils
 
     data = np.asarray(data, dtype=np.float32)
     model, _ = matched_model(acq, data, mask, coils=coils, seed=seed, log=log)
-    return denoise(data, acq, model, mask=mask, pooling=DEFAULT_GROUP, coils=coils, denoise_b0=True, context=False)
+    return denoise(data, acq, model, mask=mask, coils=coils, **PLAIN_SETTINGS)

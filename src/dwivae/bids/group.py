@@ -13,8 +13,7 @@ import json
 from os import PathLike
 from pathlib import Path
 
-from dwivae.bids.layout import LOGS, QC
-from dwivae.bids.participant import SUMMARY
+from dwivae.bids.layout import LOGS, QC, SUMMARY
 from dwivae.errors import InputError
 from dwivae.io.writing import write_text_atomic
 from dwivae.show.gallery import Figure

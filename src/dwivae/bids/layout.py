@@ -22,6 +22,8 @@ MODELS = "models"
 """Folder of ``OUT_DIR`` holding one model per protocol, shared by its scans."""
 LOGS = "logs"
 """Folder of ``OUT_DIR`` with a log per failed scan and the run's summary."""
+SUMMARY = "participant.json"
+"""The last ``participant`` run's summary in ``OUT_DIR/logs``: every scan's status and reason, the models."""
 QC = "logs/qc"
 """Folder of ``OUT_DIR`` with each scan's QC record (JSON) and figure, written after its outputs."""
 IGNORED = (f"/{MODELS}", f"/{LOGS}", "/*.html", "*_desc-sigma_dwi.nii.gz")

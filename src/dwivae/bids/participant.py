@@ -17,15 +17,11 @@ from os import PathLike
 from pathlib import Path
 
 from dwivae.apply.plain import matched_training
-from dwivae.bids.layout import LOGS, MODELS, Scan, find_scans, write_description
+from dwivae.bids.layout import LOGS, MODELS, SUMMARY, Scan, find_scans, write_description
 from dwivae.bids.scan_tasks import Outcome, denoise_scan, failed, inspect_scan, train_protocol
 from dwivae.errors import InputError
 from dwivae.io.writing import write_json_atomic, write_text_atomic
 from dwivae.kernels.bindings import default_threads
-
-SUMMARY = "participant.json"
-"""The run's summary in ``OUT_DIR/logs``: every scan's status and reason, the models."""
-
 
 @dataclass
 class Summary:

@@ -19,6 +19,7 @@ import numpy as np
 
 from dwivae.bids.layout import Scan
 from dwivae.errors import InputError
+from dwivae.io.writing import write_text_atomic
 from dwivae.learn.config import TrainConfig
 from dwivae.physics.acquisition import Acquisition
 
@@ -116,9 +117,8 @@ def _write_gradients(acq: Acquisition, bval: Path, bvec: Path) -> None:
     """The protocol's gradient files in FSL's layout (one row of b-values; three rows of unit
     directions, zero for the b0 volumes), each written atomically."""
     for path, rows, fmt in ((bval, acq.bvals[None, :], "%.10g"), (bvec, acq.bvecs.T, "%.8f")):
-        temp = path.with_name(f".{path.name}.tmp")
-        np.savetxt(temp, rows, fmt=fmt)
-        temp.replace(path)
+        text = "\n".join(" ".join(fmt % value for value in row) for row in rows) + "\n"
+        write_text_atomic(path, text, force=True)
 
 
 def denoise_scan(scan: Scan, model_dir: str, out_dir: str | PathLike[str], *, coils: int = 1, seed: int = 0,
@@ -127,7 +127,7 @@ def denoise_scan(scan: Scan, model_dir: str, out_dir: str | PathLike[str], *, co
     its BIDS derivative names; then copy its gradient files and write its QC record (last)."""
     from dwivae import io
     from dwivae.apply.denoise_file import denoise_file
-    from dwivae.apply.grouping import DEFAULT_GROUP
+    from dwivae.apply.plain import PLAIN_SETTINGS
     from dwivae.bids.qc import scan_qc
     from dwivae.learn.checkpoint import load_model
 
@@ -137,8 +137,8 @@ def denoise_scan(scan: Scan, model_dir: str, out_dir: str | PathLike[str], *, co
         paths = scan.outputs(out_dir)
         paths["denoised"].parent.mkdir(parents=True, exist_ok=True)
         _, stats = denoise_file(scan.dwi, acq, load_model(model_dir), paths["denoised"], names=paths,
-                                pooling=DEFAULT_GROUP, denoise_b0=True, context=False, coils=coils, seed=seed,
-                                force=True, inputs=[scan.bval, scan.bvec, model_dir],
+                                coils=coils, seed=seed, force=True, inputs=[scan.bval, scan.bvec, model_dir],
+                                **PLAIN_SETTINGS,
                                 provenance={"Command": command, "SkullStripped": False,
                                             "Model": {"path": str(Path(model_dir).resolve())},
                                             "GradientFiles": {"bval": str(scan.bval), "bvec": str(scan.bvec)}})
