@@ -7,7 +7,7 @@ JSON sidecar with provenance.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from os import PathLike
@@ -74,7 +74,7 @@ def output_paths(out: str | PathLike[str], *, uncertainty: int = 0, sigma: bool 
 def denoise_file(
     dwi: str | PathLike[str],
     acq: Acquisition,
-    model: Model,
+    model: Model | None,
     out: str | PathLike[str],
     *,
     mask: str | PathLike[str] | None = "auto",
@@ -96,6 +96,8 @@ def denoise_file(
     pooling: int | None = None,
     keep_floor: bool = False,
     names: Mapping[str, str | PathLike[str]] | None = None,
+    arch: str = "vae",
+    log: Callable[[str], None] = lambda line: None,
 ) -> tuple[dict[str, Path], DenoiseStats]:
     """Denoise a NIfTI file slab by slab and write the denoised series and its residual.
 
@@ -105,7 +107,10 @@ def denoise_file(
         4D NIfTI (.nii or .nii.gz).
     acq : Acquisition
         Its protocol.
-    model : TrainedModel
+    model : TrainedModel, FrozenModel or None
+        None: the plain command's model for the data's protocol and noise, trained or read from
+        the cache (:func:`dwivae.apply.plain.matched_model`, of architecture ``arch``, logging to
+        ``log``), with the noise level and mask of this run; its directory goes into the sidecar.
     out : path
         The denoised series; ``<out>_residual`` (input minus output) is written beside it, and
         ``<out>_uncertainty`` with ``uncertainty > 0``.
@@ -163,16 +168,27 @@ def denoise_file(
     if img.shape[3] != acq.n_volumes:
         raise InputError(f"{Path(dwi).name} has {img.shape[3]} volumes but the gradient files have "
                          f"{acq.n_volumes}: give the .bval/.bvec of this image")
-    context = check_options(model, acq, spatial=spatial, uncertainty=uncertainty, pooling=pooling, context=context,
-                            bias_correct=bias_correct, sigma=sigma, coils=coils)
+    options = {"spatial": spatial, "uncertainty": uncertainty, "pooling": pooling, "context": context,
+               "bias_correct": bias_correct, "sigma": sigma, "coils": coils}
+    if model is not None:
+        context = check_options(model, acq, **options)
     uses_sigma = bias_correct or spatial is not None or pooling is not None
     paths = check_outputs(_renamed(output_paths(out, uncertainty=uncertainty, sigma=uses_sigma), names),
                           inputs=[dwi, io.sidecar_path(dwi), *inputs, *([mask] if mask not in ("auto", None) else [])],
                           force=force)
     inside = (auto_mask(img, acq) if mask == "auto" else
               np.ones(img.shape[:3], bool) if mask is None else io.load_mask(mask, img))
-    sigma, sigma_from = (_noise_level(img, acq, inside if mask is not None else auto_mask(img, acq))
-                         if sigma is None and uses_sigma else (sigma, "given"))
+    needs_brain = model is None or (sigma is None and uses_sigma)  # where the noise is measured
+    brain = (inside if mask is not None else auto_mask(img, acq)) if needs_brain else None
+    sigma, sigma_from = _noise_level(img, acq, brain) if sigma is None and needs_brain else (sigma, "given")
+    if model is None:
+        from dwivae.apply.plain import matched_model
+
+        model, model_dir = matched_model(acq, img.dataobj, brain, coils=coils, arch=arch, seed=seed, sigma=sigma,
+                                         sigma_from=sigma_from if sigma_from == "given" else f"the {sigma_from}", log=log)
+        context = check_options(model, acq, **options)
+        provenance = {**(provenance or {}), "Model": {**(provenance or {}).get("Model", {}),
+                                                      "path": str(model_dir.resolve())}}
     codes = h = None
     if spatial is not None:
         codes, h = spatial_codes(io.iter_slabs(img, slab=slab), inside, acq, model, sigma=sigma, strength=spatial,
@@ -185,7 +201,7 @@ def denoise_file(
                                       denoise_b0=denoise_b0, seed=seed, keep_floor=keep_floor, slab=slab)
         keep_floor = keep_floor or not floor_seen
     stats = DenoiseStats(outside_mask=int((~inside).sum()),
-                         engine="torch" if pooled is not None or model.compiled() is None else "compiled",
+                         engine="torch" if model.compiled() is None else "compiled",
                          floor_in_data=floor_seen)
 
     def estimate(signals: np.ndarray, z0: int, z1: int, generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

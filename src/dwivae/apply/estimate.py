@@ -53,13 +53,12 @@ def check_bias_correction(model: Model) -> None:
 
 
 
-def check_frozen(model: Model, *, spatial: float | None = None, uncertainty: int = 0,
-                 pooling: int | None = None) -> None:
+def check_frozen(model: Model, *, spatial: float | None = None, uncertainty: int = 0) -> None:
     """Refuse what a model read for the compiled forward pass alone cannot do."""
     if not isinstance(model, FrozenModel):
         return
-    if spatial is not None or uncertainty or pooling is not None:
-        raise InputError("--spatial, --nonlocal and --uncertainty run the network in torch: load the model with "
+    if spatial is not None or uncertainty:
+        raise InputError("--spatial and --uncertainty run the network in torch: load the model with "
                          "dwivae.load_model, not dwivae.load_frozen")
     if model.compiled() is None:
         raise InputError("the compiled kernel cannot run here (no C compiler, or DWIVAE_KERNEL=torch): load the "
@@ -181,27 +180,38 @@ def _torch_pass(model: TrainedModel, normalised: np.ndarray, codes: np.ndarray |
 
 
 
-def encode_signals(signals: np.ndarray, acq: Acquisition, model: TrainedModel, *,
+def network_part(model: Model, part: str, x: np.ndarray, *, threads: int | None = None) -> np.ndarray:
+    """The model's ``encoder`` (S0-normalised signals (M, N) -> latent means (M, L)) or ``decoder``
+    (codes (M, L) -> signals (M, N)) on the rows of ``x``: in the compiled kernel where it runs
+    (``threads``: default the CPUs this process may use), else in torch."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    compiled = model.compiled(part)
+    if compiled is not None:
+        return compiled(x, threads=threads or default_threads())
+    import torch
+
+    network = model.network.eval()
+    with torch.inference_mode():
+        rows = torch.from_numpy(x)
+        return (network.encode(rows)[0] if part == "encoder" else network.decode(rows)).numpy()
+
+
+
+def encode_signals(signals: np.ndarray, acq: Acquisition, model: Model, *,
                    batch_size: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Latent means of measured signals (M, N): ``(codes (M, L) float32, s0 (M,), valid (M,) bool)``;
     rows that are not valid (non-finite values, S0 <= 0) get zeros."""
-    import torch
-
     normalised, s0, valid = normalise_by_b0(np.asarray(signals, dtype=np.float32), acq)
-    network = model.network.eval()
-    compiled = model.compiled("encoder")
     codes = np.zeros((len(normalised), model.model_config.latent), np.float32)
     rows = np.flatnonzero(valid)
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            idx = rows[start:start + batch_size]
-            codes[idx] = (compiled(normalised[idx], threads=torch.get_num_threads()) if compiled is not None
-                          else network.encode(torch.from_numpy(normalised[idx]))[0].numpy())
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start:start + batch_size]
+        codes[idx] = network_part(model, "encoder", normalised[idx])
     return codes, s0, valid
 
 
 
-def code_noise_scale(codes: np.ndarray, s0: np.ndarray, model: TrainedModel, sigma: float, *, coils: int = 1,
+def code_noise_scale(codes: np.ndarray, s0: np.ndarray, model: Model, sigma: float, *, coils: int = 1,
                      max_voxels: int = 20_000, seed: int = 0) -> float:
     """The distance that noise alone puts between two latent codes of one voxel's signal.
 
@@ -215,7 +225,7 @@ def code_noise_scale(codes: np.ndarray, s0: np.ndarray, model: TrainedModel, sig
         Latent means of the voxels.
     s0 : (M,) ndarray
         Their S0, in the units of ``sigma``.
-    model : TrainedModel
+    model : TrainedModel or FrozenModel
     sigma : float
         The data's noise level.
     coils : int
@@ -227,18 +237,14 @@ def code_noise_scale(codes: np.ndarray, s0: np.ndarray, model: TrainedModel, sig
     -------
     float
     """
-    import torch
-
     rng = np.random.default_rng(seed)
     if len(codes) > max_voxels:
         pick = rng.choice(len(codes), max_voxels, replace=False)
         codes, s0 = codes[pick], s0[pick]
-    network = model.network.eval()
     relative = (sigma / np.asarray(s0, dtype=np.float32))[:, None]
-    with torch.inference_mode():
-        clean = network.decode(torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))).numpy()
-        a, b = (network.encode(torch.from_numpy(add_noncentral_chi_noise(clean, relative, coils=coils, rng=rng)))[0]
-                .numpy() for _ in range(2))
+    clean = network_part(model, "decoder", codes)
+    a, b = (network_part(model, "encoder", add_noncentral_chi_noise(clean, relative, coils=coils, rng=rng))
+            for _ in range(2))
     return float(np.median(np.linalg.norm(a - b, axis=1)))
 
 
@@ -318,7 +324,7 @@ def learned_context_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: 
 
 
 
-def nonlocal_volume(data: np.ndarray, inside: np.ndarray, acq: Acquisition, model: TrainedModel, *, sigma: float,
+def nonlocal_volume(data: np.ndarray, inside: np.ndarray, acq: Acquisition, model: Model, *, sigma: float,
                     group: int = DEFAULT_GROUP, coils: int = 1, denoise_b0: bool = False, seed: int = 0,
                     keep_floor: bool = False) -> np.ndarray:
     """Every voxel of the mask estimated by :func:`dwivae.apply.grouping.grouped_estimate`.
@@ -371,7 +377,7 @@ def check_options(model: Model, acq: Acquisition, *, spatial: float | None = Non
     """Refuse a model that does not fit ``acq``'s data, or options that cannot go together, with
     the fix; return whether the model's learned context network is used."""
     check_protocol(model, acq)
-    check_frozen(model, spatial=spatial, uncertainty=uncertainty, pooling=pooling)
+    check_frozen(model, spatial=spatial, uncertainty=uncertainty)
     if pooling is not None and (spatial is not None or uncertainty):
         raise InputError("--nonlocal pools each voxel's neighbourhood itself: drop --spatial and --uncertainty")
     context = context and model.context is not None and pooling is None

@@ -21,8 +21,8 @@ them into anisotropy, so the shell's volumes share one correction factor there
 from __future__ import annotations
 
 import numpy as np
-from scipy.cluster.vq import kmeans2
-
+from dwivae.kernels.bindings import default_threads
+from dwivae.kernels.group_pass import group_pass
 from dwivae.physics.noise import remove_noise_floor
 
 DEFAULT_GROUP = 150
@@ -52,16 +52,18 @@ def remove_floor_by_shell(expected: np.ndarray, sigma: float, shells: np.ndarray
     not (nu <= sigma), blended in between (:data:`IDENTIFIABLE`); at least :data:`LOWEST_SIGNAL`
     sigma.
     """
-    per_volume = remove_noise_floor(expected, sigma, coils=coils)
-    out = np.empty_like(per_volume)
+    out = remove_noise_floor(expected, sigma, coils=coils)
     low, high = IDENTIFIABLE
     for shell in np.unique(shells):
-        sel = shells == shell
-        mean = expected[:, sel].mean(axis=1, keepdims=True)
+        sel = np.flatnonzero(shells == shell)
+        mean = expected[:, sel].mean(axis=1)
         nu = remove_noise_floor(mean, sigma, coils=coils)
-        common = expected[:, sel] * np.divide(nu, mean, out=np.zeros_like(mean), where=mean > 0)
         weight = np.clip((nu / sigma - low) / (high - low), 0.0, 1.0)
-        out[:, sel] = weight * per_volume[:, sel] + (1 - weight) * common
+        rows = np.flatnonzero(weight < 1)  # elsewhere each volume's own inversion stands
+        if len(rows):
+            factor = np.divide(nu[rows], mean[rows], out=np.zeros(len(rows), np.float32), where=mean[rows] > 0)[:, None]
+            block = np.ix_(rows, sel)
+            out[block] = weight[rows, None] * out[block] + (1 - weight[rows, None]) * expected[block] * factor
     return np.maximum(out, np.float32(LOWEST_SIGNAL * sigma))
 
 
@@ -82,27 +84,88 @@ def project_group(signals: np.ndarray, sigma: float) -> np.ndarray:
     return centred @ kept @ kept.T + mean
 
 
-def _one_pass(signals: np.ndarray, codes: np.ndarray, voxels: np.ndarray, *, sigma: float, group: int,
-              offset: int, rng: np.random.Generator) -> np.ndarray:
-    """Estimates of ``voxels`` (M, 3), whose series are ``signals`` (M, N) and codes ``codes``
-    (M, L), from one grid of blocks shifted by ``offset``."""
+LLOYD_ITERATIONS = 10
+"""Lloyd's iterations of each block's k-means at most (scipy's ``kmeans2`` default); they stop
+once the labels repeat, which changes nothing (a fixed point)."""
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array (``mix64`` in grouping.c)."""
+    z = np.asarray(z, np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _uniforms(key: np.uint64, count: int) -> np.ndarray:
+    """Draws 0 .. count - 1 of ``key``'s uniforms in [0, 1) (``uniform`` in grouping.c)."""
+    return (_mix64(key + np.arange(count, dtype=np.uint64)) >> np.uint64(11)) * 2.0 ** -53
+
+
+def block_keys(seed: int, step: int, blocks: int) -> np.ndarray:
+    """The keys (B,) uint64 of the k-means seeding of pass ``step``'s blocks."""
+    base = _mix64(_mix64(np.array([seed % 2 ** 64], np.uint64)) + np.uint64(step))
+    return _mix64(base + np.arange(blocks, dtype=np.uint64))
+
+
+def kmeans_labels(codes: np.ndarray, k: int, key: np.uint64) -> np.ndarray:
+    """k-means labels (M,) of ``codes`` (M, L), as grouping.c computes them.
+
+    k-means++ seeding (Arthur and Vassilvitskii 2007): the first centre is the point
+    ``floor(u0 M)``, each next one the first point whose cumulative squared distance to its nearest
+    centre exceeds ``u_i`` times their sum (u from :func:`_uniforms`); then Lloyd's iterations
+    (:data:`LLOYD_ITERATIONS`), an empty cluster keeping its centre.
+    """
+    codes = np.asarray(codes, np.float64)
+    count = len(codes)
+    u = _uniforms(key, k)
+    centres = np.empty((k, codes.shape[1]))
+    centres[0] = codes[min(int(u[0] * count), count - 1)]
+    d2 = ((codes - centres[0]) ** 2).sum(axis=1)
+    for c in range(1, k):
+        cumulative = np.cumsum(d2)
+        centres[c] = codes[min(int(np.searchsorted(cumulative, u[c] * cumulative[-1], side="right")), count - 1)]
+        d2 = np.minimum(d2, ((codes - centres[c]) ** 2).sum(axis=1))
+    labels = np.full(count, -1)
+    for _ in range(LLOYD_ITERATIONS):
+        nearest = ((codes[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        if np.array_equal(nearest, labels):
+            break
+        labels = nearest
+        counts = np.bincount(labels, minlength=k)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, codes)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
+    return labels
+
+
+def _blocks(voxels: np.ndarray, offset: int, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The blocks of the grid shifted by ``offset``: ``order`` (M,) and ``starts`` (B + 1,), block b
+    holding the voxels ``order[starts[b]:starts[b + 1]]``, and the groups (B,) to cut each into."""
     blocks = (voxels + offset) // BLOCK
-    order = np.lexsort(blocks.T[::-1])
-    _, starts = np.unique(blocks[order], axis=0, return_index=True)
-    estimate = np.empty(signals.shape, np.float64)
-    for members in np.split(order, starts[1:]):
-        k = max(1, round(len(members) / group))
-        labels = (kmeans2(codes[members], k, seed=rng, minit="++")[1] if k > 1 else
-                  np.zeros(len(members), int))
+    ids = np.ravel_multi_index(tuple(blocks.T), tuple(blocks.max(axis=0) + 1))
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1], True]).astype(np.int64)
+    clusters = np.maximum(1, np.round(np.diff(starts) / group)).astype(np.int64)
+    return order.astype(np.int64), starts, clusters
+
+
+def _pass_in_numpy(signals: np.ndarray, codes: np.ndarray, order: np.ndarray, starts: np.ndarray,
+                   clusters: np.ndarray, keys: np.ndarray, *, sigma: float, total: np.ndarray) -> None:
+    """One pass of :func:`dwivae.kernels.group_pass.group_pass` in numpy, where the kernel cannot run."""
+    for b, k in enumerate(clusters):
+        members = order[starts[b]:starts[b + 1]]
+        labels = kmeans_labels(codes[members], int(k), keys[b]) if k > 1 else np.zeros(len(members), int)
         for label in np.unique(labels):
             chosen = members[labels == label]
-            estimate[chosen] = project_group(signals[chosen], sigma)
-    return estimate
+            total[chosen] += project_group(signals[chosen], sigma)
 
 
 def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, sigma: float, coils: int = 1,
                      group: int = DEFAULT_GROUP, seed: int = 0, remove_floor: bool = True,
-                     shells: np.ndarray | None = None) -> np.ndarray:
+                     shells: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """The grouped low-rank estimate of every valid voxel (see the module's description).
 
     Parameters
@@ -120,13 +183,16 @@ def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, 
     group : int
         Voxels per group.
     seed : int
-        Seed of the k-means initialisation.
+        Seed of the k-means seeding (:func:`block_keys`).
     remove_floor : bool
         Remove the noise floor from the estimate (False keeps the expected magnitude, as the
         peers do).
     shells : (N,) int ndarray, optional
         Shell label of every volume (:meth:`dwivae.physics.acquisition.Acquisition.shell_labels`) for
         :func:`remove_floor_by_shell`; default: one shell.
+    threads : int, optional
+        Threads of the compiled passes (:mod:`dwivae.kernels.group_pass`; default: the CPUs this
+        process may use); numpy runs them where the kernel cannot.
 
     Returns
     -------
@@ -134,19 +200,23 @@ def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, 
         The estimate in valid voxels; ``data`` elsewhere.
     """
     out = np.array(data, dtype=np.float32, copy=True)
-    voxels = np.argwhere(valid)
+    valid = np.asarray(valid, bool)
+    voxels = np.argwhere(valid)  # in the order of boolean indexing
     if len(voxels) == 0:
         return out
-    rng = np.random.default_rng(seed)
-    flat = np.asarray(codes, np.float64)[tuple(voxels.T)]
-    signals = out[tuple(voxels.T)]
+    flat = np.ascontiguousarray(codes[valid], dtype=np.float64)
+    signals = np.ascontiguousarray(out[valid])
     total = np.zeros(signals.shape, np.float64)
     for step in range(PASSES):
-        total += _one_pass(signals, flat, voxels, sigma=sigma, group=group,
-                           offset=step * BLOCK // PASSES, rng=rng)
-    expected = np.maximum(total / PASSES, 0.0)
+        order, starts, clusters = _blocks(voxels, step * BLOCK // PASSES, group)
+        keys = block_keys(seed, step, len(clusters))
+        if not group_pass(signals, flat, order, starts, clusters, keys, sigma=sigma, min_group=MIN_GROUP,
+                          total=total, threads=threads or default_threads()):
+            _pass_in_numpy(signals, flat, order, starts, clusters, keys, sigma=sigma, total=total)
+    total /= PASSES
+    expected = np.maximum(total, 0.0, out=total)
     if remove_floor:
         shells = np.zeros(data.shape[-1], int) if shells is None else np.asarray(shells)
         expected = remove_floor_by_shell(expected, sigma, shells, coils=coils)
-    out[tuple(voxels.T)] = expected
+    out[valid] = expected
     return out

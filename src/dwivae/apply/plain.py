@@ -12,15 +12,19 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dwivae.apply.grouping import DEFAULT_GROUP
 from dwivae.learn.cache import cached_model_path, load_or_train
-from dwivae.learn.config import TrainConfig
-from dwivae.learn.training import PRESETS, TrainedModel
+from dwivae.learn.config import PRESETS, TrainConfig
+from dwivae.learn.frozen import FrozenModel
 from dwivae.physics.acquisition import Acquisition
 from dwivae.physics.noise import SIGMA_METHODS, sigma_method, snr_range
+
+if TYPE_CHECKING:
+    from dwivae.learn.training import TrainedModel
 
 
 PLAIN_SETTINGS = {"pooling": DEFAULT_GROUP, "denoise_b0": True, "context": False}
@@ -29,25 +33,29 @@ that make the plain command's method: the grouped estimate, b0 volumes included.
 
 
 def matched_model(acq: Acquisition, data: np.ndarray, mask: np.ndarray, *, coils: int = 1, arch: str = "vae",
-                  seed: int = 0, log: Callable[[str], None] = lambda line: None) -> tuple[TrainedModel, Path]:
+                  seed: int = 0, sigma: float | None = None, sigma_from: str | None = None,
+                  log: Callable[[str], None] = lambda line: None) -> tuple[TrainedModel | FrozenModel, Path]:
     """The model of the plain command for ``data`` (X, Y, Z, N; an array, or an image's data object
     of which only the b0 volumes and the slices of the noise estimate are read): trained, or read
-    from the cache.
+    from the cache for the compiled kernels alone (no torch import) where they run. ``sigma``: the
+    data's noise level where already known (``sigma_from``: how it was measured, for the log),
+    else estimated in ``mask``.
 
     Returns
     -------
-    model : TrainedModel
+    model : TrainedModel or FrozenModel
     path : Path
         Its directory in the cache.
     """
-    sigma, (low, high) = snr_range(data, acq, mask)
-    log(f"sigma {sigma:.4g} from the {SIGMA_METHODS[sigma_method()]}; SNR range {low:.3g}-{high:.3g}")
+    sigma_from = sigma_from or ("given" if sigma is not None else f"the {SIGMA_METHODS[sigma_method()]}")
+    sigma, (low, high) = snr_range(data, acq, mask, sigma=sigma)
+    log(f"sigma {sigma:.4g} from {sigma_from}; SNR range {low:.3g}-{high:.3g}")
     config, tag = matched_training((low, high), coils=coils)
     cached = cached_model_path(acq, arch=arch, latent=7, seed=seed, tag=tag)
     noise, (low, high) = config.noise, config.snr_range
     log(f"using the cached {arch} for {acq.describe()} in {cached}" if cached.exists() else
         f"training a {arch} for {acq.describe()}, {noise} noise, SNR {low:g}-{high:g} (cached in {cached})")
-    return load_or_train(acq, arch=arch, seed=seed, config=config, tag=tag)
+    return load_or_train(acq, arch=arch, seed=seed, config=config, tag=tag, frozen=True)
 
 
 def matched_training(snr: tuple[float, float], *, coils: int = 1, preset: str = "default") -> tuple[TrainConfig, str]:

@@ -129,14 +129,14 @@ def denoise_scan(scan: Scan, model_dir: str, out_dir: str | PathLike[str], *, co
     from dwivae.apply.denoise_file import denoise_file
     from dwivae.apply.plain import PLAIN_SETTINGS
     from dwivae.bids.qc import scan_qc
-    from dwivae.learn.checkpoint import load_model
+    from dwivae.learn.checkpoint import load_frozen, load_model
 
     try:
         started = time.perf_counter()
         acq, _ = _acquisition(scan)
         paths = scan.outputs(out_dir)
         paths["denoised"].parent.mkdir(parents=True, exist_ok=True)
-        _, stats = denoise_file(scan.dwi, acq, load_model(model_dir), paths["denoised"], names=paths,
+        _, stats = denoise_file(scan.dwi, acq, load_frozen(model_dir) or load_model(model_dir), paths["denoised"], names=paths,
                                 coils=coils, seed=seed, force=True, inputs=[scan.bval, scan.bvec, model_dir],
                                 **PLAIN_SETTINGS,
                                 provenance={"Command": command, "SkullStripped": False,

@@ -95,41 +95,27 @@ def run(args: argparse.Namespace) -> None:
                   inputs=[args.dwi, io.sidecar_path(args.dwi), *inputs,
                           *([args.mask] if args.mask not in ("auto", "none") else [])], force=args.force)
     model = _denoising_model(args) if args.model else None
-    model_path = args.model
-    if model is None or (args.train and model.acquisition.mismatch(acq) is not None):
-        model, model_path = _matched_model(args, acq)
-    if not isinstance(model, FrozenModel) and args.threads is not None:
-        import torch
+    if model is not None and args.train and model.acquisition.mismatch(acq) is not None:
+        model = None  # --train: one matched to the data instead
+    if model is not None:
+        check_protocol(model, acq, model_name=str(args.model))
+        if not isinstance(model, FrozenModel) and args.threads is not None:
+            import torch
 
-        torch.set_num_threads(args.threads)
-    check_protocol(model, acq, model_name=str(model_path))
+            torch.set_num_threads(args.threads)
     mask = None if args.mask == "none" else args.mask
+    provenance = {"Command": shlex.join(["dwivae", *args.argv]),
+                  "GradientFiles": {"bval": str(Path(bvals).resolve()), "bvec": str(Path(bvecs).resolve())},
+                  **({"Model": {"path": str(Path(args.model).resolve())}} if model is not None else {})}
     paths, stats = denoise_file(args.dwi, acq, model, args.out, mask=mask, denoise_b0=args.denoise_b0,
                                 uncertainty=args.uncertainty, seed=args.seed, force=args.force,
                                 bias_correct=args.bias_correct, sigma=args.sigma, coils=args.coils,
                                 spatial=args.spatial, context=args.context, threads=args.threads,
-                                progress=not args.quiet, inputs=[*inputs, model_path], pooling=args.nonlocal_,
-                                keep_floor=args.keep_floor,
-                                provenance={"Command": shlex.join(["dwivae", *args.argv]),
-                                            "Model": {"path": str(Path(model_path).resolve())},
-                                            "GradientFiles": {"bval": str(Path(bvals).resolve()),
-                                                              "bvec": str(Path(bvecs).resolve())}})
+                                progress=not args.quiet, inputs=inputs, pooling=args.nonlocal_,
+                                keep_floor=args.keep_floor, arch=args.arch, provenance=provenance,
+                                log=lambda line: print(f"{args.dwi.name}: {line}", file=sys.stderr))
     print(stats.line())
     print("-> " + ", ".join(str(p) for p in paths.values()))
-
-
-def _matched_model(args: argparse.Namespace, acq):
-    """The model of the plain `dwivae denoise` (:func:`dwivae.apply.plain.matched_model`) for ``args.dwi``."""
-
-    from dwivae import io
-    from dwivae.apply.mask import auto_mask
-    from dwivae.apply.plain import matched_model
-
-    img = io.load_dwi(args.dwi)
-    mask = auto_mask(img, acq) if args.mask in ("auto", "none") else io.load_mask(args.mask, img)
-    return matched_model(acq, img.dataobj, mask, coils=args.coils, arch=args.arch,
-                         seed=args.seed, log=lambda line: print(f"{args.dwi.name}: {line}", file=sys.stderr))
-
 
 
 def _denoising_model(args: argparse.Namespace):

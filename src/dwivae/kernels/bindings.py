@@ -1,13 +1,13 @@
-"""The compiled kernels: a forward pass for denoising, the training steps and the 3D median
-filter of the brain mask, in C.
+"""The compiled kernels: a forward pass for denoising, the training steps, the 3D median
+filter of the brain mask, the passes of the grouped estimate and the noise floor's removal, in C.
 
-``forward.c``, ``train_step.c``, ``train_loop.c``, ``noisy_copies.c`` (with their headers) and
-``median.c`` are built with the system C
-compiler (``cc``, ``gcc`` or ``clang`` on PATH) on first use into :func:`kernel_dir` (``-O3
--march=native``, 0.3 s; keyed by the sources, the compiler and the CPU's feature flags) and loaded
-with ctypes, which releases the GIL, so chunks of voxels or samples run in parallel threads. A
-cached kernel is loaded only if its SHA-256 is the one recorded when it was built and its folder is
-the user's own and writable by no one else; otherwise it is built again.
+``forward.c``, ``train_step.c``, ``train_loop.c``, ``noisy_copies.c`` (with their headers),
+``median.c``, ``grouping.c`` and ``floor.c`` are built with the system C compiler (``cc``, ``gcc`` or
+``clang`` on PATH) on first use into :func:`kernel_dir` (``-O3 -march=native``, 0.3 s; keyed by
+the sources, the compiler and the CPU's feature flags) and loaded with ctypes, which releases the
+GIL, so chunks of voxels or samples run in parallel threads. A cached kernel is loaded only if
+its SHA-256 is the one recorded when it was built and its folder is the user's own and writable
+by no one else; otherwise it is built again.
 
 The networks are small (32-26-20-13-7 and back for seed32), so a batched torch pass is bound by
 skinny matrix products and by one pass over memory per layer and activation. The kernels instead
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 SOURCES = ("simd.h", "counter_random.h", "train_step.h", "forward.c", "train_step.c", "train_loop.c", "noisy_copies.c",
-           "median.c")
+           "median.c", "grouping.c", "floor.c")
 """The kernel's C sources (package data); the .c files are compiled into one shared library."""
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-funroll-loops", "-std=gnu11", "-pthread", "-fPIC")
 """Compiler flags of each source file."""
@@ -188,6 +188,13 @@ def _library() -> ctypes.CDLL | None:
     lib.dwivae_noisy_copies.restype = ctypes.c_int
     lib.dwivae_median3d.argtypes = [f32, f32, *([ctypes.c_int] * 6)]
     lib.dwivae_median3d.restype = ctypes.c_int
+    i64p = ctypes.POINTER(ctypes.c_int64)
+    lib.dwivae_group_pass.argtypes = [f32, c_int, f64, c_int, i64p, i64p, i64p, ctypes.POINTER(ctypes.c_uint64), c_i64,
+                                      c_i64, i64p, ctypes.c_double, c_int, f64]
+    lib.dwivae_group_pass.restype = ctypes.c_int
+    lib.dwivae_remove_floor.argtypes = [f64, f32, c_i64, ctypes.c_double, ctypes.c_double, ctypes.c_double, f64, c_i64,
+                                        c_int]
+    lib.dwivae_remove_floor.restype = None
     return lib
 
 

@@ -14,9 +14,12 @@ the nu that has that expectation.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from dwivae.errors import InputError
+from dwivae.kernels.floor import compiled_floor_removal
 from dwivae.physics.acquisition import Acquisition
 
 SNR_LIMITS = (2.0, 1000.0)
@@ -136,8 +139,8 @@ def sigma_from_b0(b0: np.ndarray, protocol: str = "this protocol") -> float:
     return float(np.sqrt(b0.var(axis=1, ddof=1).mean()))
 
 
-def snr_range(data: np.ndarray, acq: Acquisition, mask: np.ndarray, *,
-              widen: float = 2.0, method: str = "auto") -> tuple[float, tuple[float, float]]:
+def snr_range(data: np.ndarray, acq: Acquisition, mask: np.ndarray, *, widen: float = 2.0, method: str = "auto",
+              sigma: float | None = None) -> tuple[float, tuple[float, float]]:
     """The SNR range (S0 / sigma) of the data's voxels, widened for training; ``data`` (X, Y, Z, N)
     is an array or an image's data object, of which only the b0 volumes and the slices of the
     noise estimate are read.
@@ -145,12 +148,12 @@ def snr_range(data: np.ndarray, acq: Acquisition, mask: np.ndarray, *,
     Returns
     -------
     sigma : float
-        :func:`estimate_sigma` with ``method``.
+        ``sigma`` where given, else :func:`estimate_sigma` with ``method``.
     (low, high) : (float, float)
         The 5th and 95th percentiles of the voxels' mean b0 over sigma, divided and multiplied
         by ``widen``, within ``SNR_LIMITS``.
     """
-    sigma = estimate_sigma(data, acq, mask, method=method)
+    sigma = estimate_sigma(data, acq, mask, method=method) if sigma is None else sigma
     s0 = np.stack([np.asarray(data[..., int(k)], dtype=np.float64)[mask] for k in np.flatnonzero(acq.b0_mask)],
                   axis=-1).mean(axis=1)  # the b0 volumes alone: ``data`` may be an image's lazy data object
     low, high = np.percentile(s0 / sigma, [5, 95])
@@ -177,6 +180,9 @@ def noncentral_chi_mean(theta: np.ndarray, coils: int = 1) -> np.ndarray:
 _THETA = np.linspace(0.0, 60.0, 12001)
 """Grid of nu / sigma on which :func:`noncentral_chi_mean` is inverted; above it,
 ``E[M]² = nu² + (2N - 1) sigma²`` holds to better than 1e-6 relative."""
+FLOOR_STEP = 1 / 128
+"""Step, in sigma, of the expected magnitudes at which :func:`remove_noise_floor` reads the inverse
+(a lookup, not a search; in the compiled kernel of :mod:`dwivae.kernels.floor` where it runs)."""
 
 
 def check_noise_model(sigma: float | None, coils: int) -> None:
@@ -195,15 +201,30 @@ def floor_in_data(weighted: np.ndarray, sigma: float, *, coils: int = 1) -> bool
     phase-corrected), or whose lowest voxels (1st percentile) lie below that (a floor taken off
     before, or a sigma read too high), have no floor to remove at this sigma.
     """
-    weighted = np.asarray(weighted, dtype=np.float64)
-    finite = weighted[np.isfinite(weighted).all(axis=1)]
-    if len(finite) == 0 or finite.shape[1] == 0:
+    weighted = np.asarray(weighted)
+    if weighted.shape[1] == 0:
         return False
-    if (finite < 0).any():
+    means = weighted.mean(axis=1, dtype=np.float64)
+    finite = np.isfinite(means)  # rows with no non-finite value
+    if not finite.any() or (weighted.min(axis=1)[finite] < 0).any():
         return False
     floor = float(noncentral_chi_mean(np.float64(0.0), coils))
-    spread = np.sqrt(max(2 * coils - floor ** 2, 0.0) / finite.shape[1])
-    return bool(np.percentile(finite.mean(axis=1), 1) / sigma >= floor - 3 * spread)
+    spread = np.sqrt(max(2 * coils - floor ** 2, 0.0) / weighted.shape[1])
+    return bool(np.percentile(means[finite], 1) / sigma >= floor - 3 * spread)
+
+
+@lru_cache(maxsize=16)
+def _squared_inverse(coils: int) -> tuple[float, np.ndarray]:
+    """The floor ``E[M | nu = 0] / sigma`` and ``(nu / sigma)²`` on the grid of expected magnitudes
+    ``floor + k FLOOR_STEP`` up to the end of :data:`_THETA`: smooth in the magnitude (linear
+    at the floor, ``E[M]² - (2N - 1)`` far above it), so linear interpolation in it is exact to
+    ~1e-6 sigma."""
+    means = noncentral_chi_mean(_THETA, coils)
+    grid = means[0] + np.arange(int(np.ceil((means[-1] - means[0]) / FLOOR_STEP)) + 2) * FLOOR_STEP
+    squares = np.interp(grid, means, _THETA) ** 2
+    beyond = grid > means[-1]
+    squares[beyond] = grid[beyond] ** 2 - (2 * coils - 1)
+    return float(means[0]), squares
 
 
 def remove_noise_floor(signal: np.ndarray, sigma: float, *, coils: int = 1) -> np.ndarray:
@@ -225,11 +246,20 @@ def remove_noise_floor(signal: np.ndarray, sigma: float, *, coils: int = 1) -> n
         kept as they are.
     """
     check_noise_model(sigma, coils)
-    ratio = np.asarray(signal, dtype=np.float64) / sigma
-    means = noncentral_chi_mean(_THETA, coils)
-    theta = np.array(np.interp(ratio, means, _THETA, left=0.0))  # an array also for one value
-    high = ratio > means[-1]
-    theta[high] = np.sqrt(ratio[high] ** 2 - (2 * coils - 1))
-    finite = np.isfinite(ratio)
-    theta[~finite] = ratio[~finite]
-    return np.asarray(theta * sigma, dtype=np.float32)
+    floor, squares = _squared_inverse(coils)
+    compiled = compiled_floor_removal(signal, sigma, floor=floor, step=FLOOR_STEP, squares=squares, coils=coils)
+    if compiled is not None:
+        return compiled
+    shape = np.shape(signal)
+    ratio = np.asarray(signal, dtype=np.float64).reshape(-1) / sigma
+    top = len(squares) - 2
+    position = np.nan_to_num(np.clip((ratio - floor) / FLOOR_STEP, 0, top), nan=0.0)
+    index = position.astype(np.intp)
+    position -= index
+    theta2 = squares[index]
+    theta2 += (squares[index + 1] - theta2) * position
+    theta = np.sqrt(theta2)
+    beyond = ~(np.abs(ratio) < floor + top * FLOOR_STEP)  # far above the floor, or not finite
+    far = ratio[beyond]
+    theta[beyond] = np.where(~np.isfinite(far), far, np.where(far > 0, np.sqrt(np.maximum(far ** 2 - (2 * coils - 1), 0)), 0))
+    return np.asarray(theta * sigma, dtype=np.float32).reshape(shape)
