@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -122,3 +123,26 @@ def test_what_a_frozen_model_cannot_do_is_refused_with_the_fix(tmp_path, acq, mo
     with pytest.raises(InputError, match="load_model"):
         denoise(data, acq, frozen)
     assert denoise(data, acq, model).shape == data.shape  # the torch model does both
+
+
+@needs_compiler
+def test_the_plain_command_reads_its_cached_model_without_torch(tmp_path, monkeypatch):
+    from dwivae.cli import main
+    from dwivae.learn.config import PRESETS
+
+    monkeypatch.setitem(PRESETS, "default", TINY_TRAINING)
+    monkeypatch.setenv("DWIVAE_CACHE", str(tmp_path / "cache"))
+    image, bval, bvec = real_sample("small_64D")
+    command = ["denoise", str(image), "--bvals", str(bval), "--bvecs", str(bvec), "--quiet"]
+    assert main([*command, "--out", str(tmp_path / "first.nii.gz")]) == 0  # trains and caches its model
+    script = ("import sys; from dwivae.cli import main; code = main(sys.argv[1:]); "
+              "print(f'TORCH {\"torch\" in sys.modules}'); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", script, *command, "--out", str(tmp_path / "again.nii.gz")],
+                          capture_output=True, text=True, timeout=300, env=os.environ)
+    assert done.returncode == 0, done.stderr
+    assert "TORCH False" in done.stdout and "using the cached vae" in done.stderr
+    first, again = (np.asarray(nib.load(tmp_path / f"{name}.nii.gz").dataobj) for name in ("first", "again"))
+    np.testing.assert_allclose(again, first, rtol=1e-5, atol=1e-3)
+    sidecars = [json.loads((tmp_path / f"{name}.json").read_text()) for name in ("first", "again")]
+    assert sidecars[0]["Model"] == sidecars[1]["Model"] and (tmp_path / "cache") in Path(
+        sidecars[1]["Model"]["path"]).parents

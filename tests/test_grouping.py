@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY_TRAINING
 
 from dwivae.apply.denoise import denoise
-from dwivae.apply.grouping import LOWEST_SIGNAL, grouped_estimate, project_group, remove_floor_by_shell
+from dwivae.apply.grouping import LOWEST_SIGNAL, grouped_estimate, kmeans_labels, project_group, remove_floor_by_shell
 from dwivae.compare.benchmark import dti_fit
 from dwivae.learn.training import train
 from dwivae.physics.acquisition import seed32
@@ -103,6 +103,38 @@ def test_the_seed_fixes_the_result():
     first, second = (grouped_estimate(noisy, codes, np.ones(SHAPE, bool), sigma=10.0, group=40, seed=7)
                      for _ in range(2))
     np.testing.assert_array_equal(first, second)
+
+
+def test_kmeans_finds_clusters_that_stand_apart():
+    rng = np.random.default_rng(8)
+    truth = rng.integers(0, 3, 300)
+    codes = np.array([[0.0, 0.0], [12.0, 0.0], [0.0, 12.0]])[truth] + rng.normal(size=(300, 2))
+    labels = kmeans_labels(codes, 3, np.uint64(11))
+    assert len(np.unique(labels)) == 3
+    assert all(len(np.unique(labels[truth == c])) == 1 for c in range(3))  # one label per cluster
+    np.testing.assert_array_equal(kmeans_labels(codes, 3, np.uint64(11)), labels)
+
+
+def test_the_compiled_passes_give_what_numpy_gives(monkeypatch):
+    """The kernel (k-means, covariance, eigenvectors, projection in C) and the numpy path agree."""
+    from dwivae.kernels.bindings import library
+
+    if library() is None:
+        pytest.skip("no compiled kernel here")
+    rng = np.random.default_rng(10)
+    shape = (20, 20, 12)
+    left = np.broadcast_to(np.arange(shape[0])[:, None, None] < 9, shape)
+    clean = _decay(int(np.prod(shape)), 24, rng).reshape(*shape, 24) * np.where(left, 1.0, 0.6)[..., None]
+    noisy = np.abs(clean + rng.normal(0, 15, clean.shape)).astype(np.float32)
+    codes = np.where(left, 0.0, 20.0)[..., None] + rng.normal(size=(*shape, 4))
+    valid = np.ones(shape, bool)
+    valid[:3] = False
+    compiled = grouped_estimate(noisy, codes, valid, sigma=15.0, group=60, seed=4)
+    monkeypatch.setenv("DWIVAE_KERNEL", "torch")  # no compiled kernel: the numpy path
+    in_numpy = grouped_estimate(noisy, codes, valid, sigma=15.0, group=60, seed=4)
+    np.testing.assert_allclose(compiled, in_numpy, rtol=1e-5, atol=1e-3)
+    assert np.sqrt(np.mean((compiled[valid] - clean[valid]) ** 2)) < 0.6 * np.sqrt(np.mean(
+        (noisy[valid] - clean[valid]) ** 2))
 
 
 @pytest.fixture(scope="module")

@@ -100,6 +100,21 @@ def test_rician_mean_matches_scipy_and_a_simulation():
     assert remove_noise_floor(magnitude.mean(), sigma) == pytest.approx(nu, rel=0.01)
 
 
+@pytest.mark.parametrize("coils", [1, 4])
+def test_the_floor_removal_is_the_same_compiled_and_in_numpy(coils, monkeypatch):
+    from dwivae.kernels.bindings import library
+
+    if library() is None:
+        pytest.skip("no compiled kernel here")
+    sigma = 3.0
+    values = np.r_[np.linspace(-5.0, 80.0, 40002), np.nan, np.inf, -np.inf] * sigma
+    compiled = remove_noise_floor(values.reshape(-1, 3), sigma, coils=coils)
+    monkeypatch.setenv("DWIVAE_KERNEL", "torch")  # no compiled kernel: the numpy path
+    in_numpy = remove_noise_floor(values.reshape(-1, 3), sigma, coils=coils)
+    np.testing.assert_allclose(compiled, in_numpy, rtol=1e-6, atol=1e-6 * sigma)
+    assert compiled.shape == (len(values) // 3, 3) and compiled.dtype == np.float32
+
+
 def test_noise_floor_removal_edges():
     floor = noncentral_chi_mean(0.0) * 10.0
     out = remove_noise_floor(np.array([0.0, 0.5 * floor, floor, np.nan]), 10.0)
