@@ -14,7 +14,7 @@ from dwivae.apply.estimate import (
     check_options,
     denoise_signals,
     learned_context_codes,
-    nonlocal_volume,
+    nonlocal_signals,
     spatial_codes,
 )
 from dwivae.errors import InputError
@@ -76,7 +76,7 @@ def denoise(
         Threads of the compiled forward pass (default: the CPUs this process may use).
     pooling : int, optional
         Estimate each voxel as the low-rank part of a group of about this many voxels of like
-        latent codes (:func:`nonlocal_volume`), noise floor removed, instead of decoding it alone.
+        latent codes (:func:`nonlocal_signals`), noise floor removed, instead of decoding it alone.
     seed : int
         Seed of the grouping.
     keep_floor : bool
@@ -99,9 +99,10 @@ def denoise(
     if sigma is None and (bias_correct or spatial is not None or pooling is not None):
         sigma = estimate_sigma(data, acq, inside)
     if pooling is not None:
-        keep_floor = keep_floor or not floor_in_data(data[inside][:, ~acq.b0_mask], sigma, coils=coils)
-        out[inside] = nonlocal_volume(data, inside, acq, model, sigma=sigma, group=pooling, coils=coils,
-                                      denoise_b0=denoise_b0, seed=seed, keep_floor=keep_floor)[inside]
+        signals = out[inside]
+        keep_floor = keep_floor or not floor_in_data(signals, sigma, coils=coils, volumes=~acq.b0_mask)
+        out[inside] = nonlocal_signals(signals, np.argwhere(inside), acq, model, sigma=sigma, group=pooling,
+                                       coils=coils, denoise_b0=denoise_b0, seed=seed, keep_floor=keep_floor)
         return out
     codes = None
     if spatial is not None:

@@ -22,7 +22,7 @@ from dwivae.apply.estimate import (
     check_options,
     denoise_signals,
     learned_context_codes,
-    nonlocal_volume,
+    nonlocal_signals,
     spatial_codes,
 )
 from dwivae.apply.grouping import BLOCK as GROUPING_BLOCK
@@ -142,7 +142,7 @@ def denoise_file(
         replace; the image, its own JSON sidecar and the mask file are always protected.
     pooling : int, optional
         Estimate each voxel as the low-rank part of a group of about this many voxels of like
-        latent codes, noise floor removed (:func:`nonlocal_volume`; the series is read whole, and
+        latent codes, noise floor removed (:func:`nonlocal_signals`; the series is read whole, and
         held in memory with its latent codes).
     keep_floor : bool
         With ``pooling``: keep the noise floor in the output, as MP-PCA does. It is kept in any case
@@ -200,6 +200,8 @@ def denoise_file(
         pooled, floor_seen = _grouped(img, inside, acq, model, sigma=sigma, group=pooling, coils=coils,
                                       denoise_b0=denoise_b0, seed=seed, keep_floor=keep_floor, slab=slab)
         keep_floor = keep_floor or not floor_seen
+        rows = np.full(inside.shape, -1, np.int64)  # each mask voxel's row of ``pooled``
+        rows[inside] = np.arange(len(pooled))
     stats = DenoiseStats(outside_mask=int((~inside).sum()),
                          engine="torch" if model.compiled() is None else "compiled",
                          floor_in_data=floor_seen)
@@ -207,7 +209,7 @@ def denoise_file(
     def estimate(signals: np.ndarray, z0: int, z1: int, generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         sel = inside[:, :, z0:z1]
         if pooled is not None:
-            return pooled[:, :, z0:z1][sel], b0_means(signals, acq)[1], None
+            return pooled[rows[:, :, z0:z1][sel]], b0_means(signals, acq)[1], None
         return denoise_signals(signals, acq, model, denoise_b0=denoise_b0, batch_size=batch_size,
                                posterior_samples=uncertainty, generator=generator,
                                bias_sigma=sigma if bias_correct else None, coils=coils,
@@ -259,12 +261,13 @@ def _noise_level(img, acq: Acquisition, brain: np.ndarray) -> tuple[float, str]:
 
 def _grouped(img, inside: np.ndarray, acq: Acquisition, model: Model, *, sigma: float, group: int, coils: int,
              denoise_b0: bool, seed: int, keep_floor: bool, slab: int) -> tuple[np.ndarray, bool]:
-    """The grouped estimate of the whole series (:func:`dwivae.apply.estimate.nonlocal_volume`),
-    and whether its diffusion-weighted signal shows the noise floor (kept where it does not)."""
-    whole = np.concatenate([data for _, _, data in io.iter_slabs(img, slab=slab)], axis=2)
-    floor_seen = floor_in_data(whole[inside][:, ~acq.b0_mask], sigma, coils=coils)
-    pooled = nonlocal_volume(whole, inside, acq, model, sigma=sigma, group=group, coils=coils, denoise_b0=denoise_b0,
-                             seed=seed, keep_floor=keep_floor or not floor_seen)
+    """The grouped estimate (:func:`dwivae.apply.estimate.nonlocal_signals`) of the mask's voxels
+    (M, N), in the order of ``inside``'s boolean indexing, and whether their diffusion-weighted
+    signal shows the noise floor (kept where it does not)."""
+    signals = np.concatenate([data for _, _, data in io.iter_slabs(img, slab=slab)], axis=2)[inside]
+    floor_seen = floor_in_data(signals, sigma, coils=coils, volumes=~acq.b0_mask)
+    pooled = nonlocal_signals(signals, np.argwhere(inside), acq, model, sigma=sigma, group=group, coils=coils,
+                              denoise_b0=denoise_b0, seed=seed, keep_floor=keep_floor or not floor_seen)
     return pooled, floor_seen
 
 

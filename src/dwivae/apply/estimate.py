@@ -2,7 +2,7 @@
 
 Per voxel: divide by S0 (the mean of the b0 volumes), run the network on the normalised signal
 (``z = mu``: deterministic), multiply back by S0. Voxels with S0 <= 0 or non-finite values are left
-as they were. The grouped estimate (:func:`nonlocal_volume`) uses the encoder only to say which
+as they were. The grouped estimate (:func:`nonlocal_signals`) uses the encoder only to say which
 voxels go together (:mod:`dwivae.apply.grouping`). Also the checks that a model fits the data and
 the options asked of it.
 """
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from dwivae.apply.grouping import DEFAULT_GROUP, grouped_estimate
+from dwivae.apply.grouping import DEFAULT_GROUP, grouped_signals
 from dwivae.apply.spatial import smooth_codes
 from dwivae.errors import InputError
 from dwivae.kernels.bindings import default_threads
@@ -203,10 +203,11 @@ def encode_signals(signals: np.ndarray, acq: Acquisition, model: Model, *,
     rows that are not valid (non-finite values, S0 <= 0) get zeros."""
     normalised, s0, valid = normalise_by_b0(np.asarray(signals, dtype=np.float32), acq)
     codes = np.zeros((len(normalised), model.model_config.latent), np.float32)
-    rows = np.flatnonzero(valid)
+    rows = normalised if valid.all() else normalised[valid]
+    found = np.empty((len(rows), codes.shape[1]), np.float32)
     for start in range(0, len(rows), batch_size):
-        idx = rows[start:start + batch_size]
-        codes[idx] = network_part(model, "encoder", normalised[idx])
+        found[start:start + batch_size] = network_part(model, "encoder", rows[start:start + batch_size])
+    codes[valid] = found
     return codes, s0, valid
 
 
@@ -324,19 +325,21 @@ def learned_context_codes(slabs: Iterable[tuple[int, int, np.ndarray]], inside: 
 
 
 
-def nonlocal_volume(data: np.ndarray, inside: np.ndarray, acq: Acquisition, model: Model, *, sigma: float,
-                    group: int = DEFAULT_GROUP, coils: int = 1, denoise_b0: bool = False, seed: int = 0,
-                    keep_floor: bool = False) -> np.ndarray:
-    """Every voxel of the mask estimated by :func:`dwivae.apply.grouping.grouped_estimate`.
+def nonlocal_signals(signals: np.ndarray, voxels: np.ndarray, acq: Acquisition, model: Model, *, sigma: float,
+                     group: int = DEFAULT_GROUP, coils: int = 1, denoise_b0: bool = False, seed: int = 0,
+                     keep_floor: bool = False) -> np.ndarray:
+    """The voxels' series estimated by :func:`dwivae.apply.grouping.grouped_signals`.
 
     The encoder's latent means, in units of their noise scale at ``sigma``
     (:func:`code_noise_scale`), decide which voxels are grouped; the estimate is the low-rank
-    part of the measured series of each group, noise floor removed.
+    part of the measured series of each group, noise floor removed. Voxels that cannot be
+    normalised (S0 <= 0, non-finite values) keep their series.
 
     Parameters
     ----------
-    data : (X, Y, Z, N) ndarray
-    inside : (X, Y, Z) bool ndarray
+    signals : (M, N) ndarray
+    voxels : (M, 3) int ndarray
+        Where each voxel lies.
     acq, model
     sigma : float
         The data's noise level per real channel.
@@ -353,21 +356,19 @@ def nonlocal_volume(data: np.ndarray, inside: np.ndarray, acq: Acquisition, mode
 
     Returns
     -------
-    (X, Y, Z, N) ndarray, float32
+    (M, N) ndarray, float32
     """
-    data = np.asarray(data, dtype=np.float32)
-    codes, s0, valid = encode_signals(data[inside], acq, model)
+    signals = np.asarray(signals, dtype=np.float32)
+    codes, s0, valid = encode_signals(signals, acq, model)
     if not valid.any():
         raise InputError("no voxel with S0 > 0 and finite values in the mask: nothing to denoise")
     scale = code_noise_scale(codes[valid], s0[valid], model, sigma, coils=coils)
-    where = np.zeros(inside.shape, bool)
-    where[inside] = valid
-    code_volume = np.zeros((*inside.shape, codes.shape[1]), np.float32)
-    code_volume[inside] = codes / np.float32(scale)
-    out = grouped_estimate(data, code_volume, where, sigma=sigma, coils=coils, group=group, seed=seed,
-                           remove_floor=not keep_floor, shells=acq.shell_labels())
+    out = signals.copy()
+    out[valid] = grouped_signals(signals[valid], codes[valid] / np.float32(scale), np.asarray(voxels)[valid],
+                                 sigma=sigma, coils=coils, group=group, seed=seed, remove_floor=not keep_floor,
+                                 shells=acq.shell_labels())
     if not denoise_b0:
-        out[..., acq.b0_mask] = data[..., acq.b0_mask]
+        out[:, acq.b0_mask] = signals[:, acq.b0_mask]
     return out
 
 

@@ -54,17 +54,19 @@ def remove_floor_by_shell(expected: np.ndarray, sigma: float, shells: np.ndarray
     """
     out = remove_noise_floor(expected, sigma, coils=coils)
     low, high = IDENTIFIABLE
-    for shell in np.unique(shells):
-        sel = np.flatnonzero(shells == shell)
-        mean = expected[:, sel].mean(axis=1)
-        nu = remove_noise_floor(mean, sigma, coils=coils)
-        weight = np.clip((nu / sigma - low) / (high - low), 0.0, 1.0)
-        rows = np.flatnonzero(weight < 1)  # elsewhere each volume's own inversion stands
+    labels = np.unique(shells)
+    members = (np.asarray(shells)[None, :] == labels[:, None]).astype(np.float64)  # (S, N)
+    means = expected @ (members / members.sum(axis=1, keepdims=True)).T  # (M, S), without copying a shell out
+    nus = remove_noise_floor(means, sigma, coils=coils)
+    weights = np.clip((nus / sigma - low) / (high - low), 0.0, 1.0)
+    for k, member in enumerate(members.astype(bool)):
+        rows = np.flatnonzero(weights[:, k] < 1)  # elsewhere each volume's own inversion stands
         if len(rows):
-            factor = np.divide(nu[rows], mean[rows], out=np.zeros(len(rows), np.float32), where=mean[rows] > 0)[:, None]
-            block = np.ix_(rows, sel)
-            out[block] = weight[rows, None] * out[block] + (1 - weight[rows, None]) * expected[block] * factor
-    return np.maximum(out, np.float32(LOWEST_SIGNAL * sigma))
+            mean, nu, weight = means[rows, k, None], nus[rows, k, None], weights[rows, k, None]
+            factor = np.divide(nu, mean, out=np.zeros_like(mean), where=mean > 0)
+            block = np.ix_(rows, np.flatnonzero(member))
+            out[block] = weight * out[block] + (1 - weight) * expected[block] * factor
+    return np.maximum(out, np.float32(LOWEST_SIGNAL * sigma), out=out)
 
 
 def project_group(signals: np.ndarray, sigma: float) -> np.ndarray:
@@ -163,21 +165,21 @@ def _pass_in_numpy(signals: np.ndarray, codes: np.ndarray, order: np.ndarray, st
             total[chosen] += project_group(signals[chosen], sigma)
 
 
-def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, sigma: float, coils: int = 1,
-                     group: int = DEFAULT_GROUP, seed: int = 0, remove_floor: bool = True,
-                     shells: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
-    """The grouped low-rank estimate of every valid voxel (see the module's description).
+def grouped_signals(signals: np.ndarray, codes: np.ndarray, voxels: np.ndarray, *, sigma: float, coils: int = 1,
+                    group: int = DEFAULT_GROUP, seed: int = 0, remove_floor: bool = True,
+                    shells: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+    """The grouped low-rank estimate of voxels' series (see the module's description).
 
     Parameters
     ----------
-    data : (X, Y, Z, N) ndarray
+    signals : (M, N) ndarray
         Measured magnitudes.
-    codes : (X, Y, Z, L) ndarray
+    codes : (M, L) ndarray
         Latent means, in units of the codes' noise scale.
-    valid : (X, Y, Z) bool ndarray
-        Voxels to estimate and to group.
+    voxels : (M, 3) int ndarray
+        Where each voxel lies, for the spatial blocks.
     sigma : float
-        Noise standard deviation per real channel, in the units of ``data``.
+        Noise standard deviation per real channel, in the units of ``signals``.
     coils : int
         Receive coils of the root-sum-of-squares magnitude (1: Rician).
     group : int
@@ -196,16 +198,11 @@ def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, 
 
     Returns
     -------
-    (X, Y, Z, N) ndarray, float32
-        The estimate in valid voxels; ``data`` elsewhere.
+    (M, N) ndarray, float32
     """
-    out = np.array(data, dtype=np.float32, copy=True)
-    valid = np.asarray(valid, bool)
-    voxels = np.argwhere(valid)  # in the order of boolean indexing
-    if len(voxels) == 0:
-        return out
-    flat = np.ascontiguousarray(codes[valid], dtype=np.float64)
-    signals = np.ascontiguousarray(out[valid])
+    signals = np.ascontiguousarray(signals, dtype=np.float32)
+    flat = np.ascontiguousarray(codes, dtype=np.float64)
+    voxels = np.asarray(voxels)
     total = np.zeros(signals.shape, np.float64)
     for step in range(PASSES):
         order, starts, clusters = _blocks(voxels, step * BLOCK // PASSES, group)
@@ -215,8 +212,33 @@ def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, *, 
             _pass_in_numpy(signals, flat, order, starts, clusters, keys, sigma=sigma, total=total)
     total /= PASSES
     expected = np.maximum(total, 0.0, out=total)
-    if remove_floor:
-        shells = np.zeros(data.shape[-1], int) if shells is None else np.asarray(shells)
-        expected = remove_floor_by_shell(expected, sigma, shells, coils=coils)
-    out[valid] = expected
+    if not remove_floor:
+        return expected.astype(np.float32)
+    shells = np.zeros(signals.shape[1], int) if shells is None else np.asarray(shells)
+    return remove_floor_by_shell(expected, sigma, shells, coils=coils)
+
+
+def grouped_estimate(data: np.ndarray, codes: np.ndarray, valid: np.ndarray, **options) -> np.ndarray:
+    """:func:`grouped_signals` of every valid voxel of a volume.
+
+    Parameters
+    ----------
+    data : (X, Y, Z, N) ndarray
+        Measured magnitudes.
+    codes : (X, Y, Z, L) ndarray
+        Latent means, in units of the codes' noise scale.
+    valid : (X, Y, Z) bool ndarray
+        Voxels to estimate and to group.
+    **options
+        Those of :func:`grouped_signals`.
+
+    Returns
+    -------
+    (X, Y, Z, N) ndarray, float32
+        The estimate in valid voxels; ``data`` elsewhere.
+    """
+    out = np.array(data, dtype=np.float32, copy=True)
+    valid = np.asarray(valid, bool)
+    if valid.any():
+        out[valid] = grouped_signals(out[valid], np.asarray(codes)[valid], np.argwhere(valid), **options)
     return out

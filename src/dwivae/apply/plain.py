@@ -3,7 +3,7 @@
 With no model given, the command trains a VAE for the data's own protocol on signals drawn afresh
 (random tensors and ball-and-sticks), with the data's kind of noise (Rician, or noncentral chi
 for ``coils`` > 1) over its measured SNR range widened to powers of 2, or takes the one cached for
-the same; then it estimates every voxel by :func:`dwivae.apply.grouping.grouped_estimate`, b0 volumes
+the same; then it estimates every voxel by :func:`dwivae.apply.grouping.grouped_signals`, b0 volumes
 included. The benchmark scores the same path as the method ``dwivae``.
 """
 from __future__ import annotations

@@ -244,17 +244,21 @@ static int project(const float *signals, int N, const int64_t *rows, int64_t m, 
     for (int64_t r = 0; r < m; r++)
         for (int v = 0; v < N; v++) s->mean[v] += (double)signals[rows[r] * N + v];
     for (int v = 0; v < N; v++) s->mean[v] /= (double)m;
-    for (int64_t r = 0; r < m; r++)
-        for (int v = 0; v < N; v++) s->centred[r * N + v] = (double)signals[rows[r] * N + v] - s->mean[v];
-    memset(s->cov, 0, (size_t)N * N * sizeof(double));
+    const int P = (N + 7) / 8 * 8;   /* the centred rows padded with zeros to whole vectors of 8 */
     for (int64_t r = 0; r < m; r++) {
-        const double *x = s->centred + r * N;
-        for (int i = 0; i < N; i++) {
-            const double xi = x[i];
-            double *row = s->cov + (int64_t)i * N;
-            for (int j = i; j < N; j++) row[j] += xi * x[j];
-        }
+        double *x = s->centred + r * P;
+        for (int v = 0; v < N; v++) x[v] = (double)signals[rows[r] * N + v] - s->mean[v];
+        for (int v = N; v < P; v++) x[v] = 0.0;
     }
+    for (int i = 0; i < N; i++)   /* the upper triangle, 8 columns at a time in one register */
+        for (int j0 = i / 8 * 8; j0 < N; j0 += 8) {
+            double acc[8] = {0.0};
+            for (int64_t r = 0; r < m; r++) {
+                const double *x = s->centred + r * P;
+                for (int j = 0; j < 8; j++) acc[j] += x[i] * x[j0 + j];
+            }
+            for (int j = j0 < i ? i - j0 : 0; j < 8 && j0 + j < N; j++) s->cov[(int64_t)i * N + j0 + j] = acc[j];
+        }
     for (int i = 0; i < N; i++)
         for (int j = i; j < N; j++) s->cov[(int64_t)j * N + i] = s->cov[(int64_t)i * N + j] /= (double)m;
     if (symmetric_eigen(N, s->cov, s->values, s->offdiagonal)) return -3;
@@ -267,7 +271,7 @@ static int project(const float *signals, int N, const int64_t *rows, int64_t m, 
             found++;
         }
     for (int64_t r = 0; r < m; r++) {
-        const double *x = s->centred + r * N;
+        const double *x = s->centred + r * P;
         double *out = total + rows[r] * N;
         for (int c = 0; c < found; c++) {
             const double *vec = vectors + (int64_t)c * N;
@@ -275,10 +279,10 @@ static int project(const float *signals, int N, const int64_t *rows, int64_t m, 
             for (int v = 0; v < N; v++) p += x[v] * vec[v];
             s->proj[c] = p;
         }
-        for (int v = 0; v < N; v++) {
-            double e = s->mean[v];
-            for (int c = 0; c < found; c++) e += s->proj[c] * vectors[(int64_t)c * N + v];
-            out[v] += e;
+        for (int v = 0; v < N; v++) out[v] += s->mean[v];
+        for (int c = 0; c < found; c++) {   /* along each vector: contiguous, vectorised */
+            const double weight = s->proj[c], *vec = vectors + (int64_t)c * N;
+            for (int v = 0; v < N; v++) out[v] += weight * vec[v];
         }
     }
     return 0;
@@ -299,7 +303,7 @@ int dwivae_group_pass(const float *signals, int N, const double *codes, int L, c
         if (clusters[b] > most_clusters) most_clusters = clusters[b];
     const int64_t padded = (most_clusters + 7) / 8 * 8;
     Scratch s;
-    s.centred = malloc((size_t)max_block * N * sizeof(double));
+    s.centred = malloc((size_t)max_block * ((N + 7) / 8 * 8) * sizeof(double));
     s.cov = malloc((size_t)N * N * sizeof(double));
     s.values = malloc((size_t)N * sizeof(double));
     s.offdiagonal = malloc((size_t)N * sizeof(double));

@@ -193,23 +193,26 @@ def check_noise_model(sigma: float | None, coils: int) -> None:
         raise InputError(f"the number of coils must be at least 1, got {coils}")
 
 
-def floor_in_data(weighted: np.ndarray, sigma: float, *, coils: int = 1) -> bool:
-    """Whether diffusion-weighted magnitudes (M, N) show the noise floor that ``sigma`` implies.
+def floor_in_data(signals: np.ndarray, sigma: float, *, coils: int = 1, volumes: np.ndarray | None = None) -> bool:
+    """Whether the magnitudes (M, N) of the ``volumes`` (N,) bool, default all; the diffusion-weighted
+    ones, say) show the noise floor that ``sigma`` implies.
 
-    A magnitude never falls below its floor: a voxel's mean over N volumes stays above
+    A magnitude never falls below its floor: a voxel's mean over those volumes stays above
     ``E[M | nu = 0]`` less three of its standard errors. Data with negative values (real-valued,
     phase-corrected), or whose lowest voxels (1st percentile) lie below that (a floor taken off
-    before, or a sigma read too high), have no floor to remove at this sigma.
+    before, or a sigma read too high), have no floor to remove at this sigma. Voxels with a
+    non-finite value are left out.
     """
-    weighted = np.asarray(weighted)
-    if weighted.shape[1] == 0:
+    signals = np.asarray(signals)
+    chosen = np.ones(signals.shape[1], bool) if volumes is None else np.asarray(volumes, bool)
+    if not chosen.any():
         return False
-    means = weighted.mean(axis=1, dtype=np.float64)
-    finite = np.isfinite(means)  # rows with no non-finite value
-    if not finite.any() or (weighted.min(axis=1)[finite] < 0).any():
+    means = signals @ (chosen / chosen.sum()).astype(signals.dtype)  # the volumes' mean, without a copy of them
+    finite = np.isfinite(means) & np.isfinite(signals.sum(axis=1))
+    if not finite.any() or (signals.min(axis=1)[finite] < 0).any():
         return False
     floor = float(noncentral_chi_mean(np.float64(0.0), coils))
-    spread = np.sqrt(max(2 * coils - floor ** 2, 0.0) / weighted.shape[1])
+    spread = np.sqrt(max(2 * coils - floor ** 2, 0.0) / chosen.sum())
     return bool(np.percentile(means[finite], 1) / sigma >= floor - 3 * spread)
 
 

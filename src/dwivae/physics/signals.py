@@ -34,6 +34,5 @@ def normalise_by_b0(signals: np.ndarray, acq: Acquisition) -> tuple[np.ndarray, 
     """
     x = np.asarray(signals, dtype=np.float32)
     s0, valid = b0_means(x, acq)
-    normalised = x.copy()
-    normalised[valid] /= s0[valid, None]
+    normalised = x / np.where(valid, s0, np.float32(1))[:, None]
     return normalised, s0, valid
