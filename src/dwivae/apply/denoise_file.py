@@ -185,7 +185,8 @@ def denoise_file(
         from dwivae.apply.plain import matched_model
 
         model, model_dir = matched_model(acq, img.dataobj, brain, coils=coils, arch=arch, seed=seed, sigma=sigma,
-                                         sigma_from=sigma_from if sigma_from == "given" else f"the {sigma_from}", log=log)
+                                         sigma_from="given" if sigma_from == "given" else f"the {sigma_from}",
+                                         log=log)
         context = check_options(model, acq, **options)
         provenance = {**(provenance or {}), "Model": {**(provenance or {}).get("Model", {}),
                                                       "path": str(model_dir.resolve())}}

@@ -9,7 +9,10 @@ noise alone puts between two codes of one signal) cuts the block into groups of 
 Each group's measured series is projected on the components above the edge at the known sigma;
 the estimate is the measured data's own, the encoder only says which voxels belong together, so
 what the model cannot explain (an oil phantom, a lesion) is kept, not replaced by the decoder.
-Several passes with shifted blocks are averaged, as MP-PCA averages overlapping patches.
+Several passes with shifted blocks are averaged, as MP-PCA averages overlapping patches. Each
+pass runs in the compiled kernel (:mod:`dwivae.kernels.group_pass`, threads over blocks), or in
+numpy where it cannot be built: the same k-means (:func:`kmeans_labels`, seeded by
+:func:`block_keys`) and the same projection, so the two agree to rounding.
 
 The projection estimates the expected magnitude, which keeps the noise floor; it is removed
 last (:func:`dwivae.physics.noise.remove_noise_floor`, Rician or noncentral chi), which the peers do not.

@@ -136,7 +136,8 @@ def denoise_scan(scan: Scan, model_dir: str, out_dir: str | PathLike[str], *, co
         acq, _ = _acquisition(scan)
         paths = scan.outputs(out_dir)
         paths["denoised"].parent.mkdir(parents=True, exist_ok=True)
-        _, stats = denoise_file(scan.dwi, acq, load_frozen(model_dir) or load_model(model_dir), paths["denoised"], names=paths,
+        model = load_frozen(model_dir) or load_model(model_dir)  # without torch where the kernels run
+        _, stats = denoise_file(scan.dwi, acq, model, paths["denoised"], names=paths,
                                 coils=coils, seed=seed, force=True, inputs=[scan.bval, scan.bvec, model_dir],
                                 **PLAIN_SETTINGS,
                                 provenance={"Command": command, "SkullStripped": False,

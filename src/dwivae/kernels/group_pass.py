@@ -45,12 +45,12 @@ def group_pass(signals: np.ndarray, codes: np.ndarray, order: np.ndarray, starts
         raise ValueError("group_pass takes C-ordered arrays of the dtypes its docstring gives")
     if len(starts) != len(clusters) + 1 or len(keys) != len(clusters) or total.shape != signals.shape:
         raise ValueError("group_pass: starts needs one entry more than clusters and keys, total the shape of signals")
-    f64, i64 = ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_int64)
+    f32, f64, i64 = (ctypes.POINTER(t) for t in (ctypes.c_float, ctypes.c_double, ctypes.c_int64))
     next_block = ctypes.c_int64(0)
     max_block = int(np.diff(starts).max(initial=0))
 
     def run(_: int) -> int:
-        return lib.dwivae_group_pass(signals.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), signals.shape[1], codes.ctypes.data_as(f64),
+        return lib.dwivae_group_pass(signals.ctypes.data_as(f32), signals.shape[1], codes.ctypes.data_as(f64),
                                      codes.shape[1], order.ctypes.data_as(i64), starts.ctypes.data_as(i64),
                                      clusters.ctypes.data_as(i64), keys.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)),
                                      len(clusters), max_block, ctypes.byref(next_block), sigma, min_group,

@@ -264,5 +264,6 @@ def remove_noise_floor(signal: np.ndarray, sigma: float, *, coils: int = 1) -> n
     theta = np.sqrt(theta2)
     beyond = ~(np.abs(ratio) < floor + top * FLOOR_STEP)  # far above the floor, or not finite
     far = ratio[beyond]
-    theta[beyond] = np.where(~np.isfinite(far), far, np.where(far > 0, np.sqrt(np.maximum(far ** 2 - (2 * coils - 1), 0)), 0))
+    above = np.where(far > 0, np.sqrt(np.maximum(far ** 2 - (2 * coils - 1), 0)), 0)
+    theta[beyond] = np.where(np.isfinite(far), above, far)
     return np.asarray(theta * sigma, dtype=np.float32).reshape(shape)
