@@ -6,7 +6,7 @@
  * projected on the eigenvectors of its covariance that stand above the Marchenko-Pastur edge.
  * The eigenvectors come from Householder tridiagonalisation and the implicit QL algorithm
  * (EISPACK's tred2 and tql2, as JAMA writes them, in the public domain): for a 32 x 32 matrix
- * ~3x faster than LAPACK's dsyevr through OpenBLAS, whose small BLAS calls cost more than their
+ * ~2.5x faster than LAPACK's dsyevr through OpenBLAS, whose small BLAS calls cost more than their
  * arithmetic. Threads take blocks from a shared counter; a block's voxels are its own, so their
  * estimates are added into the output without locks.
  */
